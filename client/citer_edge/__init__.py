@@ -1,0 +1,44 @@
+"""citer-edge: hybrid edge/cloud decoding with token-level routing.
+
+The SLM runs here through llama.cpp; per token a routing policy decides whether
+the cloud LLM (a citer-cloud gRPC service) should produce it instead::
+
+    from citer_edge import CloudSession, ConfidencePolicy, HybridGenerator, LocalModel
+
+    slm = LocalModel(resolve_model("qwen2.5-coder-0.5b"))
+    cloud = CloudSession("127.0.0.1:50051", slm.fingerprint)
+    generator = HybridGenerator(slm, ConfidencePolicy(0.6), cloud)
+    for token in generator.stream(slm.tokenize(prompt), max_tokens=200):
+        print(token.text, end="")
+"""
+
+from citer_edge.cloud_client import CloudSession
+from citer_edge.decode import GeneratedToken, GenerationResult, GenerationSummary, HybridGenerator
+from citer_edge.errors import CiterEdgeError, ModelNotFoundError, TokenizerMismatchError
+from citer_edge.models import pull_model, resolve_model
+from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+from citer_edge.slm import LocalModel
+from citer_protocol import SamplingSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CiterEdgeError",
+    "CloudPolicy",
+    "CloudSession",
+    "ConfidencePolicy",
+    "GeneratedToken",
+    "GenerationResult",
+    "GenerationSummary",
+    "HybridGenerator",
+    "LocalModel",
+    "LocalPolicy",
+    "ModelNotFoundError",
+    "RandomPolicy",
+    "RoutingPolicy",
+    "SamplingSettings",
+    "TokenizerMismatchError",
+    "__version__",
+    "pull_model",
+    "resolve_model",
+]

@@ -1,0 +1,258 @@
+"""The edge's connection to the cloud LLM: one Decode stream per conversation, delta sync, resync, backoff.
+
+The decode loop asks ``CloudSession.decode(context, n)`` and gets LLM tokens or
+``None``. ``None`` means "the cloud is not available right now": the loop goes
+on with the SLM, and this module reconnects later with exponential backoff.
+Only a wrong model pairing (tokenizer mismatch) is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from citer_edge.sequences import common_prefix_len
+from citer_edge.errors import TokenizerMismatchError
+from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class CloudReply:
+    tokens: list[int]
+    logprobs: list[float]
+    finished: bool
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    model_name: str
+    tokenizer_fingerprint: str
+    max_context: int
+    max_request_tokens: int
+    backend: str
+    server_version: str
+
+
+class _DecodeStream:
+    """A Decode call driven request by request, with a per-request timeout.
+
+    gRPC's sync API gives one deadline per call, but a conversation's stream
+    lives for minutes; a reader thread turns it into request/response pairs
+    that can each time out.
+    """
+
+    def __init__(self, stub: pb_grpc.LlmServiceStub, metadata: Sequence[tuple[str, str]]) -> None:
+        self._requests: queue.Queue[object] = queue.Queue()
+        self._responses: queue.Queue[object] = queue.Queue()
+        self._call = stub.Decode(iter(self._requests.get, _END), metadata=metadata)
+        threading.Thread(target=self._read, daemon=True, name="citer-decode-reader").start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._responses.put(response)
+            self._responses.put(grpc.RpcError("stream ended"))
+        except grpc.RpcError as error:
+            self._responses.put(error)
+
+    def request(self, message: pb.DecodeRequest, timeout_s: float) -> pb.DecodeResponse:
+        self._requests.put(message)
+        try:
+            reply = self._responses.get(timeout=timeout_s)
+        except queue.Empty:
+            self.close()
+            raise TimeoutError(f"no reply from the cloud within {timeout_s:.1f} s") from None
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        self._requests.put(_END)
+        self._call.cancel()
+
+
+class CloudSession:
+    """One conversation's view of the server: what it holds, and how to keep it in sync."""
+
+    def __init__(
+        self,
+        address: str,
+        slm_fingerprint: str,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        backoff_s: tuple[float, float] = (1.0, 30.0),
+        auth_token: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.address = address
+        self.session_id = session_id or uuid.uuid4().hex
+        self._slm_fingerprint = slm_fingerprint
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._backoff_min_s, self._backoff_max_s = backoff_s
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.LlmServiceStub | None = None
+        self._stream: _DecodeStream | None = None
+        self._server_tokens: list[int] = []  # what we believe the server holds for this session
+        self._retry_at = 0.0
+        self._backoff_s = self._backoff_min_s
+        self._down = False
+        self.info: CloudInfo | None = None
+        self.resyncs = 0
+        self.failures = 0
+
+    # -- availability -----------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while backing off after a failure; the loop then stays on the SLM."""
+        return not self._down or time.monotonic() >= self._retry_at
+
+    def connect(self) -> bool:
+        """Open the channel and check the pairing; False (with one warning) when the cloud is unreachable.
+
+        Raises TokenizerMismatchError when the server's LLM cannot be paired with this SLM.
+        """
+        if self._stub is not None and self.info is not None:
+            return True
+        try:
+            self._channel = grpc.insecure_channel(self.address)
+            self._stub = pb_grpc.LlmServiceStub(self._channel)
+            reply = self._stub.GetInfo(pb.InfoRequest(), timeout=self._connect_timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            self._mark_down(f"cannot reach the cloud at {self.address} ({_describe(error)})")
+            self._drop_channel()
+            return False
+        if reply.tokenizer_fingerprint != self._slm_fingerprint:
+            self._drop_channel()
+            raise TokenizerMismatchError(
+                f"the cloud model {reply.model_name!r} at {self.address} uses a different tokenizer than the "
+                f"SLM ({reply.tokenizer_fingerprint[:19]}… vs {self._slm_fingerprint[:19]}…); "
+                "pair models that share a vocabulary"
+            )
+        self.info = CloudInfo(
+            model_name=reply.model_name,
+            tokenizer_fingerprint=reply.tokenizer_fingerprint,
+            max_context=reply.max_context,
+            max_request_tokens=reply.max_request_tokens,
+            backend=reply.backend,
+            server_version=reply.server_version,
+        )
+        return True
+
+    # -- decoding ---------------------------------------------------------
+
+    def decode(self, context: Sequence[int], max_tokens: int, sampling: SamplingSettings) -> CloudReply | None:
+        """LLM tokens that continue ``context``, or None when the cloud is unavailable.
+
+        Sends only the tokens the server does not hold yet. If the server lost
+        the session it says so, and the full context is sent once more.
+        """
+        if not self.available:
+            return None
+        if not self.connect():
+            return None
+        for attempt in range(2):
+            known_len = common_prefix_len(self._server_tokens, context)
+            request = pb.DecodeRequest(
+                session_id=self.session_id,
+                known_len=known_len,
+                append=list(context[known_len:]),
+                max_tokens=max_tokens,
+                sampling=pb.SamplingParams(
+                    temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed
+                ),
+            )
+            try:
+                reply = self._open_stream().request(request, self._timeout_s)
+            except grpc.RpcError as error:
+                self._close_stream()
+                if _code(error) == grpc.StatusCode.FAILED_PRECONDITION and attempt == 0:
+                    self._server_tokens = []
+                    self.resyncs += 1
+                    log.info("cloud lost the session (%s); resending the full context", _reason(error))
+                    continue
+                self._mark_down(f"cloud request failed ({_describe(error)})")
+                return None
+            except TimeoutError as error:
+                self._close_stream()
+                self._mark_down(str(error))
+                return None
+            self._server_tokens = list(context) + list(reply.tokens)
+            if self._down:
+                log.warning("cloud at %s is back", self.address)
+            self._down = False
+            self._backoff_s = self._backoff_min_s
+            return CloudReply(tokens=list(reply.tokens), logprobs=list(reply.logprobs), finished=reply.finished)
+        return None
+
+    def close(self) -> None:
+        """End the stream and free the server's session (best effort)."""
+        self._close_stream()
+        if self._stub is not None:
+            try:
+                self._stub.CloseSession(
+                    pb.CloseSessionRequest(session_id=self.session_id), timeout=2.0, metadata=self._metadata
+                )
+            except grpc.RpcError:
+                pass
+        self._drop_channel()
+
+    # -- internals --------------------------------------------------------
+
+    def _open_stream(self) -> _DecodeStream:
+        if self._stream is None:
+            assert self._stub is not None
+            self._stream = _DecodeStream(self._stub, self._metadata)
+        return self._stream
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _drop_channel(self) -> None:
+        self._close_stream()
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
+        self.info = None
+
+    def _mark_down(self, why: str) -> None:
+        self.failures += 1
+        if not self._down:
+            log.warning("%s; continuing on the local model and retrying in the background", why)
+        else:
+            log.debug("%s; next retry in %.1f s", why, self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        self._down = True
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._drop_channel()
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    return error.code() if hasattr(error, "code") else None
+
+
+def _reason(error: grpc.RpcError) -> str:
+    metadata = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+    return f"{metadata.get(REASON_KEY, 'unknown')}, server holds {metadata.get(SERVER_LEN_KEY, '?')} tokens"
+
+
+def _describe(error: grpc.RpcError) -> str:
+    if hasattr(error, "code") and hasattr(error, "details"):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+

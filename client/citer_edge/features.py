@@ -1,0 +1,45 @@
+"""Per-position signals the routing policies read: cheap logit statistics plus the SLM's hidden state.
+
+Computed once per token and shared by every policy, so the confidence baseline
+and the trained router see exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Logit statistics appended to the hidden state to form the router's input, in this order.
+LOGIT_STAT_NAMES: tuple[str, ...] = ("top1_prob", "margin", "entropy")
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """What the SLM knows about the position it is about to fill."""
+
+    top1_prob: float  # probability of the SLM's greedy token
+    margin: float  # top-1 minus top-2 probability
+    entropy: float  # of the next-token distribution, in nats
+    hidden: np.ndarray  # final hidden state, float32
+
+    def router_input(self) -> np.ndarray:
+        """The router's feature row: hidden state followed by LOGIT_STAT_NAMES (float32)."""
+        stats = np.array([self.top1_prob, self.margin, self.entropy], dtype=np.float32)
+        return np.concatenate([self.hidden.astype(np.float32, copy=False), stats])
+
+
+def logit_stats(logits: np.ndarray) -> tuple[float, float, float]:
+    """Top-1 probability, top-1 minus top-2 margin and entropy (nats) of a logit vector."""
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    exp = np.exp(shifted)
+    total = exp.sum()
+    probs = exp / total
+    top2 = np.partition(probs, -2)[-2:]
+    entropy = float(np.log(total) - (probs * shifted).sum())
+    return float(top2[1]), float(top2[1] - top2[0]), entropy
+
+
+def extract_features(logits: np.ndarray, hidden: np.ndarray) -> TokenFeatures:
+    top1, margin, entropy = logit_stats(logits)
+    return TokenFeatures(top1_prob=top1, margin=margin, entropy=entropy, hidden=hidden)

@@ -1,0 +1,101 @@
+"""Spawns a ``citer-cloud serve`` child on a free loopback port for demos and tests, and stops it on exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from citer_edge.errors import CiterEdgeError
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "citer-cloud ready on port"  # printed by citer_cloud.server once bound
+
+
+class LocalCloud:
+    """A cloud service in a child process: ``with LocalCloud(path) as cloud: cloud.address``."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        port: int = 0,
+        extra_args: list[str] | None = None,
+        startup_timeout_s: float = 120.0,
+        verbose: bool = False,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.requested_port = port
+        self.extra_args = extra_args or []
+        self.startup_timeout_s = startup_timeout_s
+        self.verbose = verbose
+        self.port: int | None = None
+        self._process: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("local cloud is not running")
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> LocalCloud:
+        command = [
+            sys.executable, "-m", "citer_cloud.cli", "serve",
+            "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.requested_port),
+            *self.extra_args,
+        ]  # fmt: skip
+        if self.verbose:
+            command.append("--verbose")
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=None if self.verbose else subprocess.DEVNULL, text=True
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._watch_stdout, args=(ready,), daemon=True).start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not ready.wait(0.1):
+            if self._process.poll() is not None:
+                raise CiterEdgeError(f"local cloud exited with status {self._process.returncode} during start-up")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise CiterEdgeError(f"local cloud did not start within {self.startup_timeout_s:.0f} s")
+        log.info("local cloud serving %s on %s", self.model_path.name, self.address)
+        return self
+
+    def _watch_stdout(self, ready: threading.Event) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            if line.startswith(READY_LINE):
+                self.port = int(line.split()[-1])
+                ready.set()
+            elif self.verbose:
+                print(line, end="", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Terminate gracefully (SIGTERM), kill after 10 s."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), like a crashed server."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,84 @@
+"""``citer-cloud``: run the LLM service. Every flag has a CITER_CLOUD_* environment override."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from citer_cloud.server import ServerConfig, serve
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CITER_CLOUD_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="citer-cloud", description="The citer-edge cloud LLM service (gRPC).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="serve one GGUF model over gRPC")
+    serve_cmd.add_argument("--model", default=_env("MODEL", ""), help="GGUF path [CITER_CLOUD_MODEL]")
+    serve_cmd.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address [CITER_CLOUD_HOST]")
+    serve_cmd.add_argument(
+        "--port", type=int, default=int(_env("PORT", "50051")), help="port, 0 for any free one [CITER_CLOUD_PORT]"
+    )
+    serve_cmd.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(_env("MAX_SESSIONS", "16")),
+        help="live sessions before LRU eviction [CITER_CLOUD_MAX_SESSIONS]",
+    )
+    serve_cmd.add_argument(
+        "--kv-tokens",
+        type=int,
+        default=int(_env("KV_TOKENS", "16384")),
+        help="KV cache cells shared by all sessions (bounds memory) [CITER_CLOUD_KV_TOKENS]",
+    )
+    serve_cmd.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=int(_env("MAX_REQUEST_TOKENS", "4096")),
+        help="largest append + max_tokens in one request [CITER_CLOUD_MAX_REQUEST_TOKENS]",
+    )
+    serve_cmd.add_argument(
+        "--threads", type=int, default=int(_env("THREADS", "0")) or None, help="CPU threads [CITER_CLOUD_THREADS]"
+    )
+    serve_cmd.add_argument(
+        "-v", "--verbose", action="store_true", default=_env("VERBOSE", "") == "1", help="debug logging"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    model = Path(args.model).expanduser() if args.model else None
+    if model is None or not model.is_file():
+        print(f"citer-cloud: error: model file not found: {args.model or '(none given; use --model PATH)'}",
+              file=sys.stderr)
+        return 2
+    config = ServerConfig(
+        model_path=model,
+        host=args.host,
+        port=args.port,
+        max_sessions=args.max_sessions,
+        kv_tokens=args.kv_tokens,
+        max_request_tokens=args.max_request_tokens,
+        n_threads=args.threads,
+        verbose=args.verbose,
+    )
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as error:
+        print(f"citer-cloud: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""llama.cpp backend: one model, one context, one unified KV cache shared by every session.
+
+Each session owns a llama.cpp sequence id, so switching sessions costs nothing
+and a request evaluates only the tokens it appends (delta sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as llama_internals
+
+from citer_cloud.backend import Backend, BackendInfo, KvCacheFull
+from citer_protocol import tokenizer_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppBackend(Backend):
+    """Runs a GGUF model on CPU (or whatever llama.cpp was built for)."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        max_sessions: int = 16,
+        kv_tokens: int = 16384,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        verbose: bool = False,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        max_parallel = llama_cpp.llama_max_parallel_sequences()
+        if not 1 <= max_sessions <= max_parallel:
+            raise ValueError(f"max_sessions must be in 1..{max_parallel}, got {max_sessions}")
+        # llama-cpp-python's log-level map is off by one for current ggml (warnings arrive as errors),
+        # so its logger is silenced outright unless the user asked for verbose output.
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+        self._model = llama_internals.LlamaModel(
+            path_model=str(path), params=llama_internals.LlamaModel.default_params(), verbose=verbose
+        )
+        threads = n_threads or os.cpu_count() or 1
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_tokens
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = max_sessions
+        params.kv_unified = True  # sessions share all cells: one long chat may use what idle ones do not
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_internals.LlamaContext(model=self._model, params=params, verbose=verbose)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._n_batch = n_batch
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        n_vocab = self._model.n_vocab()
+        capacity = llama_cpp.llama_n_ctx(self._ctx.ctx)
+        metadata = self._model.metadata()
+        self.info = BackendInfo(
+            model_name=metadata.get("general.name", path.stem),
+            tokenizer_fingerprint=tokenizer_fingerprint(
+                llama_cpp.llama_vocab_get_text(self._vocab, token_id) or b"" for token_id in range(n_vocab)
+            ),
+            vocab_size=n_vocab,
+            max_context=min(self._model.n_ctx_train(), capacity),
+            n_slots=max_sessions,
+            kv_capacity=capacity,
+            backend="llama.cpp",
+        )
+        log.info("loaded %s: %d slots, %d KV cells", self.info.model_name, max_sessions, capacity)
+
+    def evaluate(self, slot: int, start_pos: int, tokens: Sequence[int]) -> np.ndarray:
+        if not tokens:
+            raise ValueError("evaluate needs at least one token")
+        for offset in range(0, len(tokens), self._n_batch):
+            chunk = tokens[offset : offset + self._n_batch]
+            status = self._decode(slot, start_pos + offset, chunk)
+            if status != 0:
+                self.truncate(slot, start_pos)
+                if status == 1:
+                    raise KvCacheFull(f"no KV room for {len(tokens)} tokens in slot {slot}")
+                raise RuntimeError(f"llama_decode failed with status {status}")
+        logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
+        return np.ctypeslib.as_array(logits, shape=(self.info.vocab_size,)).copy()
+
+    def _decode(self, slot: int, start_pos: int, chunk: Sequence[int]) -> int:
+        batch = self._batch
+        batch.n_tokens = len(chunk)
+        for i, token in enumerate(chunk):
+            batch.token[i] = token
+            batch.pos[i] = start_pos + i
+            batch.seq_id[i][0] = slot
+            batch.n_seq_id[i] = 1
+            batch.logits[i] = i == len(chunk) - 1
+        return llama_cpp.llama_decode(self._ctx.ctx, batch)
+
+    def truncate(self, slot: int, n_tokens: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, n_tokens, -1)
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self._ctx.close()
+        self._model.close()
