@@ -25,6 +25,14 @@ from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_
 log = logging.getLogger(__name__)
 
 _END = object()
+#: Status codes that mean "this stream is gone", not "this request is wrong".
+_STREAM_BROKEN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, None}
+#: Reconnect fast after a server restart; gRPC's default first backoff is a full second.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ class CloudSession:
         if self._stub is not None and self.info is not None:
             return True
         try:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
             self._stub = pb_grpc.LlmServiceStub(self._channel)
             reply = self._stub.GetInfo(pb.InfoRequest(), timeout=self._connect_timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
@@ -164,7 +172,8 @@ class CloudSession:
             return None
         if not self.connect():
             return None
-        for attempt in range(2):
+        resynced = reopened = False
+        while True:
             known_len = common_prefix_len(self._server_tokens, context)
             request = pb.DecodeRequest(
                 session_id=self.session_id,
@@ -175,14 +184,22 @@ class CloudSession:
                     temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed
                 ),
             )
+            stream_was_open = self._stream is not None
             try:
                 reply = self._open_stream().request(request, self._timeout_s)
             except grpc.RpcError as error:
                 self._close_stream()
-                if _code(error) == grpc.StatusCode.FAILED_PRECONDITION and attempt == 0:
+                code = _code(error)
+                if code == grpc.StatusCode.FAILED_PRECONDITION and not resynced:
+                    # The server restarted or evicted us: start the session over with the full context.
+                    resynced = True
                     self._server_tokens = []
                     self.resyncs += 1
                     log.info("cloud lost the session (%s); resending the full context", _reason(error))
+                    continue
+                if stream_was_open and not reopened and code in _STREAM_BROKEN:
+                    # A long-lived stream died (server restart, idle proxy): try one fresh stream first.
+                    reopened = True
                     continue
                 self._mark_down(f"cloud request failed ({_describe(error)})")
                 return None
@@ -196,7 +213,6 @@ class CloudSession:
             self._down = False
             self._backoff_s = self._backoff_min_s
             return CloudReply(tokens=list(reply.tokens), logprobs=list(reply.logprobs), finished=reply.finished)
-        return None
 
     def close(self) -> None:
         """End the stream and free the server's session (best effort)."""

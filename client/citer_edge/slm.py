@@ -93,6 +93,10 @@ class LocalModel:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._model.detokenize(list(tokens), special=False).decode("utf-8", errors="replace")
 
+    def token_text(self, token: int) -> str:
+        """The token as written in the vocabulary (special tokens included, e.g. ``<|im_end|>``)."""
+        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+
     def is_end(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, ``<|im_end|>``, ...)."""
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))

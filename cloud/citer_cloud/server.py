@@ -1,10 +1,15 @@
-"""Starting and stopping the service: a backend, a session manager and a grpc.aio server on one port."""
+"""Starting and stopping the service: a backend, a session manager and a grpc.aio server on one port.
+
+``serve`` runs it in the foreground (the CLI); ``CloudServer`` runs it on a
+background thread, for embedding in another program and for tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,30 +38,93 @@ class ServerConfig:
     verbose: bool = False
 
 
+class _Running:
+    """The pieces of one started server, so both entry points stop them the same way."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.backend = LlamaCppBackend(
+            config.model_path,
+            max_sessions=config.max_sessions,
+            kv_tokens=config.kv_tokens,
+            n_threads=config.n_threads,
+            verbose=config.verbose,
+        )
+        self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
+        self.servicer = LlmServicer(self.sessions)
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        pb_grpc.add_LlmServiceServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {config.host}:{config.port}")
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace=grace_s)
+        self.servicer.shutdown()
+        self.backend.close()
+
+
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls for up to 5 s."""
-    backend = LlamaCppBackend(
-        config.model_path,
-        max_sessions=config.max_sessions,
-        kv_tokens=config.kv_tokens,
-        n_threads=config.n_threads,
-        verbose=config.verbose,
-    )
-    servicer = LlmServicer(SessionManager(backend, max_request_tokens=config.max_request_tokens))
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    pb_grpc.add_LlmServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}")
-    await server.start()
-    print(f"{READY_LINE} {port}", flush=True)
-    log.info("serving %s on %s:%d", backend.info.model_name, config.host, port)
+    running = _Running(config)
+    await running.server.start()
+    print(f"{READY_LINE} {running.port}", flush=True)
+    log.info("serving %s on %s:%d", running.backend.info.model_name, config.host, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    await server.stop(grace=5)
-    servicer.shutdown()
-    backend.close()
+    await running.stop(grace_s=5)
+
+
+class CloudServer:
+    """The service on a background thread with its own event loop: ``with CloudServer(config) as s: s.address``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="citer-cloud")
+        self._running: _Running | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._running is not None, "server not started"
+        return self._running.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def sessions(self) -> SessionManager:
+        """The live session manager (its ``stats()`` prove what the server computed)."""
+        assert self._running is not None, "server not started"
+        return self._running.sessions
+
+    def start(self) -> CloudServer:
+        self._thread.start()
+
+        async def start() -> _Running:
+            running = _Running(self.config)
+            await running.server.start()
+            return running
+
+        self._running = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        return self
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop serving and free the model; in-flight streams end with UNAVAILABLE/CANCELLED."""
+        if self._running is not None:
+            asyncio.run_coroutine_threadsafe(self._running.stop(grace_s), self._loop).result()
+            self._running = None
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> CloudServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,276 @@
+"""``citer-edge``: chat, generate and manage models from the terminal.
+
+Every option has a CITER_EDGE_* environment override (shown in ``--help``);
+errors print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from citer_edge import models
+from citer_edge.chat import Conversation
+from citer_edge.cloud_client import CloudSession
+from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
+from citer_edge.errors import CiterEdgeError
+from citer_edge.local_cloud import LocalCloud
+from citer_edge.policies import POLICY_NAMES, make_policy
+from citer_edge.slm import LocalModel
+from citer_protocol import SamplingSettings
+
+log = logging.getLogger("citer_edge")
+
+DEFAULT_CHAT_PROMPT = "Write a Python function that returns the n-th prime number."
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CITER_EDGE_{name}", default)
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models and cloud")
+    group.add_argument("--slm", default=_env("SLM", models.DEFAULT_SLM), help="SLM alias or GGUF path [CITER_EDGE_SLM]")
+    group.add_argument(
+        "--llm", default=_env("LLM", models.DEFAULT_LLM), help="LLM for --local-cloud, alias or path [CITER_EDGE_LLM]"
+    )
+    group.add_argument("--cloud", default=_env("CLOUD"), help="cloud service address host:port [CITER_EDGE_CLOUD]")
+    group.add_argument(
+        "--local-cloud",
+        action="store_true",
+        default=_env("LOCAL_CLOUD") == "1",
+        help="start citer-cloud with --llm on a free loopback port for this run [CITER_EDGE_LOCAL_CLOUD=1]",
+    )
+    group.add_argument(
+        "--cloud-timeout", type=float, default=float(_env("CLOUD_TIMEOUT", "30")), help="seconds per cloud call"
+    )
+    routing = parser.add_argument_group("routing and sampling")
+    routing.add_argument(
+        "--policy", choices=POLICY_NAMES, default=_env("POLICY", "confidence"), help="routing policy [CITER_EDGE_POLICY]"
+    )
+    routing.add_argument(
+        "--threshold",
+        type=float,
+        default=float(_env("THRESHOLD", "0.6")),
+        help="confidence: route when top-1 prob is below it; random: cloud share [CITER_EDGE_THRESHOLD]",
+    )
+    routing.add_argument(
+        "--tokens-per-call",
+        type=int,
+        default=int(_env("TOKENS_PER_CALL", "1")),
+        help="LLM tokens per cloud call [CITER_EDGE_TOKENS_PER_CALL]",
+    )
+    routing.add_argument(
+        "--max-tokens", type=int, default=int(_env("MAX_TOKENS", "256")), help="[CITER_EDGE_MAX_TOKENS]"
+    )
+    routing.add_argument("--temperature", type=float, default=float(_env("TEMPERATURE", "0")), help="0 is greedy")
+    routing.add_argument("--top-p", type=float, default=float(_env("TOP_P", "1")))
+    routing.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
+    routing.add_argument("--n-ctx", type=int, default=int(_env("N_CTX", "4096")), help="SLM context window")
+    routing.add_argument("--threads", type=int, default=int(_env("THREADS", "0")) or None, help="SLM CPU threads")
+    parser.add_argument("--show-routing", action="store_true", help="highlight tokens that came from the cloud LLM")
+    parser.add_argument("-v", "--verbose", action="store_true", default=_env("VERBOSE") == "1", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citer-edge", description="Hybrid edge/cloud decoding: a local SLM, critical tokens from a cloud LLM."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="chat with the hybrid model (one-shot with a PROMPT, else interactive)")
+    chat.add_argument("prompt", nargs="?", help="answer this one message and exit")
+    chat.add_argument("--system", default=_env("SYSTEM"), help="system message [CITER_EDGE_SYSTEM]")
+    _add_runtime_options(chat)
+
+    generate = sub.add_parser("generate", help="one completion for scripts")
+    generate.add_argument("prompt", help="the prompt text, or - to read standard input")
+    generate.add_argument("--raw", action="store_true", help="complete the text as is, without the chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object with text, tokens and routing")
+    _add_runtime_options(generate)
+
+    manage = sub.add_parser("models", help="download and locate the default models")
+    manage_sub = manage.add_subparsers(dest="models_command", required=True)
+    pull = manage_sub.add_parser("pull", help="download, assemble and verify default models")
+    pull.add_argument("names", nargs="*", help=f"aliases (default: {models.DEFAULT_SLM} and {models.DEFAULT_LLM})")
+    manage_sub.add_parser("list", help="known aliases and whether they are downloaded")
+    path = manage_sub.add_parser("path", help="print the file path of an alias (pulling it if needed)")
+    path.add_argument("name")
+    manage.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+# -- runtime --------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    slm: LocalModel
+    generator: HybridGenerator
+    sampling: SamplingSettings
+    cloud: CloudSession | None
+
+
+@contextlib.contextmanager
+def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
+    """Load the SLM, start or reach the cloud, and close everything on exit."""
+    with contextlib.ExitStack() as stack:
+        slm_path = models.resolve_model(args.slm)
+        address = args.cloud
+        if args.local_cloud:
+            llm_path = models.resolve_model(args.llm)
+            address = stack.enter_context(LocalCloud(llm_path, verbose=args.verbose)).address
+        slm = stack.enter_context(LocalModel(slm_path, n_ctx=args.n_ctx, n_threads=args.threads, verbose=args.verbose))
+        cloud = None
+        if address:
+            cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout)
+            stack.callback(cloud.close)
+        elif args.policy != "local":
+            log.info("no cloud configured (--cloud or --local-cloud): every token comes from the SLM")
+        policy = make_policy(args.policy, args.threshold, seed=args.seed)
+        generator = HybridGenerator(slm, policy, cloud, tokens_per_call=args.tokens_per_call)
+        sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        yield Runtime(slm=slm, generator=generator, sampling=sampling, cloud=cloud)
+
+
+class TokenPrinter:
+    """Streams tokens to stdout; with ``show_routing`` cloud tokens are coloured (terminal) or bracketed ⟦…⟧."""
+
+    def __init__(self, show_routing: bool) -> None:
+        self.show_routing = show_routing
+        self.colour = sys.stdout.isatty()
+        self._in_cloud_run = False
+
+    def write(self, token: GeneratedToken) -> None:
+        text = token.text
+        if self.show_routing:
+            text = self._mark(token.source == "llm") + text
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def _mark(self, cloud: bool) -> str:
+        if cloud == self._in_cloud_run:
+            return ""
+        self._in_cloud_run = cloud
+        if self.colour:
+            return "\033[1;35m" if cloud else "\033[0m"
+        return "⟦" if cloud else "⟧"
+
+    def finish(self) -> None:
+        if self.show_routing:
+            sys.stdout.write(self._mark(False))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _print_stream(stream: GenerationStream, show_routing: bool) -> str:
+    printer = TokenPrinter(show_routing)
+    pieces = []
+    for token in stream:
+        printer.write(token)
+        pieces.append(token.text)
+    printer.finish()
+    print(stream.summary.line(), file=sys.stderr)
+    return "".join(pieces)
+
+
+# -- commands -------------------------------------------------------------
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    with open_runtime(args) as runtime:
+        conversation = Conversation(runtime.slm, system=args.system)
+        one_shot = args.prompt is not None
+        if not one_shot:
+            print("citer-edge chat — empty line or Ctrl-D to quit", file=sys.stderr)
+        while True:
+            message = args.prompt if one_shot else _read_message()
+            if not message:
+                return 0
+            conversation.add_user(message)
+            stream = runtime.generator.stream(conversation.prompt_tokens(), args.max_tokens, runtime.sampling)
+            reply = _print_stream(stream, args.show_routing)
+            conversation.add_assistant(reply)
+            if one_shot:
+                return 0
+
+
+def _read_message() -> str:
+    try:
+        return input("> ").strip()
+    except EOFError:
+        return ""
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    with open_runtime(args) as runtime:
+        if args.raw:
+            prompt = runtime.slm.tokenize(prompt_text)
+        else:
+            conversation = Conversation(runtime.slm)
+            conversation.add_user(prompt_text)
+            prompt = conversation.prompt_tokens()
+        stream = runtime.generator.stream(prompt, args.max_tokens, runtime.sampling)
+        if not args.json:
+            _print_stream(stream, args.show_routing)
+            return 0
+        text = stream.text()
+        summary = stream.summary
+        json.dump(
+            {
+                "text": text,
+                "token_ids": stream.token_ids,
+                "sources": stream.sources,
+                "routing": {"slm": summary.tokens - summary.cloud_tokens, "llm": summary.cloud_tokens},
+                "summary": summary.to_dict(),
+            },
+            sys.stdout,
+        )
+        sys.stdout.write("\n")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    if args.models_command == "pull":
+        for name in args.names or [models.DEFAULT_SLM, models.DEFAULT_LLM]:
+            print(models.pull_model(name, show_progress=sys.stderr.isatty()))
+    elif args.models_command == "list":
+        for spec, path in models.list_models():
+            print(f"{spec.alias:22} {spec.size_mb:>6} MB  {path if path else '(not downloaded)'}")
+    elif args.models_command == "path":
+        print(models.resolve_model(args.name))
+    return 0
+
+
+COMMANDS = {"chat": run_chat, "generate": run_generate, "models": run_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.verbose:
+        logging.getLogger("citer_edge").setLevel(logging.DEBUG)
+    else:
+        logging.getLogger("citer_edge").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except (CiterEdgeError, ValueError) as error:
+        print(f"citer-edge: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Shared fixtures: real models from the cache (pulled on first use), real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from citer_cloud.server import CloudServer, ServerConfig
+from citer_edge.models import resolve_model
+from citer_edge.slm import LocalModel
+
+#: A ChatML prompt (SmolLM2 and Qwen2.5 share the format) whose greedy continuation is stable.
+CHAT_PROMPT = (
+    "<|im_start|>user\nWrite a Python function that checks whether a number is prime.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def qwen_slm_path() -> Path:
+    return resolve_model("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen_llm_path() -> Path:
+    return resolve_model("qwen2.5-coder-1.5b")
+
+
+@pytest.fixture(scope="session")
+def smol_slm(smol_path: Path) -> Iterator[LocalModel]:
+    """One SmolLM2 SLM for the whole run; tests that use it must not rely on its KV contents."""
+    with LocalModel(smol_path, n_ctx=2048) as slm:
+        yield slm
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., CloudServer]]:
+    """Factory for in-process gRPC servers on loopback; all are stopped after the test."""
+    servers: list[CloudServer] = []
+
+    def start(model_path: Path, **options: object) -> CloudServer:
+        options.setdefault("port", 0)
+        server = CloudServer(ServerConfig(model_path=model_path, **options)).start()  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def smol_server(start_server: Callable[..., CloudServer], smol_path: Path) -> CloudServer:
+    return start_server(smol_path)
