@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from citer_cloud.server import CloudServer
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy
+
 from tests.conftest import CHAT_PROMPT
 from tests.reference import llama_greedy
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from citer_cloud.server import CloudServer, ServerConfig
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
 from citer_protocol import log_softmax
+
 from tests.conftest import CHAT_PROMPT
 
 N_TOKENS = 40
@@ -120,7 +120,9 @@ def test_unreachable_cloud_falls_back_to_slm_with_one_warning(
     prompt = smol_slm.tokenize(CHAT_PROMPT)
     local = HybridGenerator(smol_slm, LocalPolicy()).generate(prompt, max_tokens=N_TOKENS)
     caplog.set_level(logging.INFO)
-    cloud = CloudSession(f"127.0.0.1:{_free_port()}", smol_slm.fingerprint, connect_timeout_s=0.5, backoff_s=(0.05, 0.2))
+    cloud = CloudSession(
+        f"127.0.0.1:{_free_port()}", smol_slm.fingerprint, connect_timeout_s=0.5, backoff_s=(0.05, 0.2)
+    )
     result = HybridGenerator(smol_slm, CloudPolicy(), cloud).generate(prompt, max_tokens=N_TOKENS)
     assert result.token_ids == local.token_ids
     assert set(result.sources) == {"slm"}

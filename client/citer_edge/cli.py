@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from citer_protocol import SamplingSettings
+
 from citer_edge import models
 from citer_edge.chat import Conversation
 from citer_edge.cloud_client import CloudSession
@@ -23,7 +25,6 @@ from citer_edge.errors import CiterEdgeError
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.policies import POLICY_NAMES, make_policy
 from citer_edge.slm import LocalModel
-from citer_protocol import SamplingSettings
 
 log = logging.getLogger("citer_edge")
 
@@ -52,7 +53,10 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
     routing = parser.add_argument_group("routing and sampling")
     routing.add_argument(
-        "--policy", choices=POLICY_NAMES, default=_env("POLICY", "confidence"), help="routing policy [CITER_EDGE_POLICY]"
+        "--policy",
+        choices=POLICY_NAMES,
+        default=_env("POLICY", "confidence"),
+        help="routing policy [CITER_EDGE_POLICY]",
     )
     routing.add_argument(
         "--threshold",

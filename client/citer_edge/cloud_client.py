@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-
-from citer_edge.sequences import common_prefix_len
-from citer_edge.errors import TokenizerMismatchError
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
+
+from citer_edge.errors import TokenizerMismatchError
+from citer_edge.sequences import common_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,7 @@ class CloudSession:
                 known_len=known_len,
                 append=list(context[known_len:]),
                 max_tokens=max_tokens,
-                sampling=pb.SamplingParams(
-                    temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed
-                ),
+                sampling=pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed),
             )
             stream_was_open = self._stream is not None
             try:
@@ -271,4 +269,3 @@ def _describe(error: grpc.RpcError) -> str:
     if hasattr(error, "code") and hasattr(error, "details"):
         return f"{error.code().name}: {error.details()}"
     return str(error)
-

@@ -199,4 +199,3 @@ __all__ = [
     "pull_model",
     "resolve_model",
 ]
-

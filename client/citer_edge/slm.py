@@ -15,11 +15,11 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from citer_protocol import tokenizer_fingerprint
 from llama_cpp import _internals as llama_internals
 
-from citer_edge.sequences import common_prefix_len
 from citer_edge.errors import CiterEdgeError, ModelNotFoundError
-from citer_protocol import tokenizer_fingerprint
+from citer_edge.sequences import common_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -205,4 +205,3 @@ class LocalModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

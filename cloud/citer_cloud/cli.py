@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = Path(args.model).expanduser() if args.model else None
     if model is None or not model.is_file():
-        print(f"citer-cloud: error: model file not found: {args.model or '(none given; use --model PATH)'}",
-              file=sys.stderr)
+        print(
+            f"citer-cloud: error: model file not found: {args.model or '(none given; use --model PATH)'}",
+            file=sys.stderr,
+        )
         return 2
     config = ServerConfig(
         model_path=model,

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from citer_protocol import SamplingSettings, sample_token
 
 from citer_cloud.backend import Backend, KvCacheFull
-from citer_protocol import SamplingSettings, sample_token
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,7 @@ class SessionManager:
     def _validate(self, session_id: str, known_len: int, append: Sequence[int], max_tokens: int) -> None:
         info = self.backend.info
         if not session_id or len(session_id) > MAX_SESSION_ID_LEN:
-            raise RequestError(
-                ErrorKind.INVALID_ARGUMENT, f"session_id must be 1..{MAX_SESSION_ID_LEN} characters"
-            )
+            raise RequestError(ErrorKind.INVALID_ARGUMENT, f"session_id must be 1..{MAX_SESSION_ID_LEN} characters")
         if not append and max_tokens == 0:
             raise RequestError(ErrorKind.INVALID_ARGUMENT, "empty request: nothing to append and max_tokens is 0")
         if known_len == 0 and not append:

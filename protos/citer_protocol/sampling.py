@@ -46,7 +46,8 @@ def sample_token(logits: np.ndarray, settings: SamplingSettings, rng: np.random.
     if 0.0 < settings.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
         cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, settings.top_p)) + 1]
+        # Smallest set whose mass reaches top_p; the epsilon keeps 0.5 + 0.3 from missing 0.8 by rounding.
+        keep = order[: int(np.searchsorted(cumulative, settings.top_p - 1e-9)) + 1]
         kept = probs[keep] / probs[keep].sum()
         return int(keep[rng.choice(len(keep), p=kept)])
     return int(rng.choice(len(probs), p=probs))
