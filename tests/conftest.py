@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from citer_cloud.server import CloudServer, ServerConfig
 from citer_edge.models import resolve_model
 from citer_edge.slm import LocalModel

@@ -9,11 +9,21 @@ import llama_cpp
 import numpy as np
 
 
-def llama_greedy(model_path: Path, prompt: Sequence[int], n_tokens: int, n_ctx: int = 2048) -> list[int]:
-    """Greedy tokens from a plain llama.cpp context: the prompt in one batch, then one token at a time."""
+def llama_greedy(
+    model_path: Path, prompt: Sequence[int], n_tokens: int, n_ctx: int = 2048, split_last: bool = False
+) -> list[int]:
+    """Greedy tokens from a plain llama.cpp context: the prompt in one batch, then one token at a time.
+
+    ``split_last`` feeds the prompt's last token as its own batch, the shape
+    the edge SLM uses (see LocalModel), since batch shapes change the numerics.
+    """
     llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, verbose=False)
     try:
-        llm.eval(list(prompt))
+        if split_last:
+            llm.eval(list(prompt[:-1]))
+            llm.eval(list(prompt[-1:]))
+        else:
+            llm.eval(list(prompt))
         out: list[int] = []
         eog = llama_cpp.llama_model_get_vocab(llm.model)
         for _ in range(n_tokens):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from citer_cloud.server import CloudServer
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, pb, pb_grpc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from citer_cloud.server import CloudServer
 from citer_edge import CloudSession, HybridGenerator, LocalModel, RandomPolicy
-
 from tests.conftest import CHAT_PROMPT
 
 

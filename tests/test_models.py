@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from citer_edge import models
 from citer_edge.errors import ModelDownloadError, ModelNotFoundError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, TokenizerMismatchError
 
 

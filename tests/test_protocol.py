@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from citer_protocol import SamplingSettings, log_softmax, sample_token, tokenizer_fingerprint
 from citer_protocol.generate import PROTO_FILE, PROTO_ROOT, generate_stubs
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from citer_cloud.server import CloudServer, ServerConfig
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
 from citer_protocol import log_softmax
-
 from tests.conftest import CHAT_PROMPT
 
 N_TOKENS = 40

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.sessions import ErrorKind, RequestError, SessionManager
 from citer_protocol import SamplingSettings, pb, pb_grpc
-
 from tests.conftest import CHAT_PROMPT
 
 GREEDY = SamplingSettings()

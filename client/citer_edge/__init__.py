@@ -12,14 +12,13 @@ the cloud LLM (a citer-cloud gRPC service) should produce it instead::
         print(token.text, end="")
 """
 
-from citer_protocol import SamplingSettings
-
 from citer_edge.cloud_client import CloudSession
 from citer_edge.decode import GeneratedToken, GenerationResult, GenerationSummary, HybridGenerator
 from citer_edge.errors import CiterEdgeError, ModelNotFoundError, TokenizerMismatchError
 from citer_edge.models import pull_model, resolve_model
 from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
 from citer_edge.slm import LocalModel
+from citer_protocol import SamplingSettings
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from citer_protocol import SamplingSettings
-
 from citer_edge import models
 from citer_edge.chat import Conversation
 from citer_edge.cloud_client import CloudSession
@@ -25,6 +23,7 @@ from citer_edge.errors import CiterEdgeError
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.policies import POLICY_NAMES, make_policy
 from citer_edge.slm import LocalModel
+from citer_protocol import SamplingSettings
 
 log = logging.getLogger("citer_edge")
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 from citer_edge.errors import TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
+from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
-from citer_protocol import SamplingSettings, sample_token
 
 from citer_edge.cloud_client import CloudSession
 from citer_edge.features import extract_features
 from citer_edge.policies import RoutingPolicy
 from citer_edge.slm import ContextFullError, LocalModel
+from citer_protocol import SamplingSettings, sample_token
 
 Source = Literal["slm", "llm"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
-from citer_protocol import tokenizer_fingerprint
 from llama_cpp import _internals as llama_internals
 
 from citer_cloud.backend import Backend, BackendInfo, KvCacheFull
+from citer_protocol import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 

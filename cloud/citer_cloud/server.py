@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from citer_protocol import pb_grpc
 
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import SessionManager
+from citer_protocol import pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
-from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 from citer_cloud import __version__
 from citer_cloud.sessions import ErrorKind, RequestError, SessionManager
+from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from citer_protocol import SamplingSettings, sample_token
 
 from citer_cloud.backend import Backend, KvCacheFull
+from citer_protocol import SamplingSettings, sample_token
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,72 @@
+"""What every benchmark script shares: a description of the machine, fixed prompts, and result files.
+
+Results are JSON with the exact settings and the machine they ran on, so a
+number quoted in the README can be traced to the run that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+#: Coding prompts for speed measurements (deliberately not HumanEval, which is reserved for quality).
+SPEED_PROMPTS: tuple[str, ...] = (
+    "Write a Python function that returns the n-th prime number.",
+    "Write a Python function that merges two sorted lists into one sorted list.",
+    "Write a Python class for a stack with push, pop and peek methods.",
+    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+    "Write a Python function that counts the words in a text file.",
+    "Write a Python function that flattens a nested list of arbitrary depth.",
+)
+
+
+def machine_description() -> dict[str, object]:
+    """CPU, cores, memory and library versions: enough to know whether two results are comparable."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    import llama_cpp
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_cpp.__version__,
+        "git_commit": _git_commit(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS_DIR.parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_result(name: str, payload: dict[str, object], out_dir: Path = RESULTS_DIR) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
