@@ -147,3 +147,34 @@ def test_cloud_killed_mid_generation_completes_on_slm(
     assert stream.sources[:FAULT_AT] == ["llm"] * FAULT_AT
     assert set(stream.sources[FAULT_AT:]) == {"slm"}
     assert len(_cloud_warnings(caplog)) == 1
+
+
+def test_interrupted_request_never_pairs_the_next_call_with_its_stale_reply(
+    smol_slm: LocalModel, smol_server: CloudServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a reply is in flight: the reply still arrives, and must not answer the next request.
+
+    The interrupt is injected (a real Ctrl-C cannot be timed inside a test); the server is real.
+    """
+    from citer_edge.cloud_client import _DecodeStream
+
+    prompt = smol_slm.tokenize(CHAT_PROMPT)
+    greedy = SamplingSettings()
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint)
+    context = prompt + cloud.decode(prompt, 1, greedy).tokens
+
+    real_request = _DecodeStream.request
+
+    def interrupted(self: _DecodeStream, message, timeout_s: float):
+        self._requests.put(message)  # sent; the user hits Ctrl-C before the reply is read
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_DecodeStream, "request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cloud.decode(context, 3, greedy)
+    monkeypatch.setattr(_DecodeStream, "request", real_request)
+
+    after = cloud.decode(context, 1, greedy)
+    fresh = CloudSession(smol_server.address, smol_slm.fingerprint).decode(context, 1, greedy)
+    assert after is not None and fresh is not None
+    assert after.tokens == fresh.tokens

@@ -14,7 +14,7 @@ the cloud LLM (a citer-cloud gRPC service) should produce it instead::
 
 from citer_edge.cloud_client import CloudSession
 from citer_edge.decode import GeneratedToken, GenerationResult, GenerationSummary, HybridGenerator
-from citer_edge.errors import CiterEdgeError, ModelNotFoundError, TokenizerMismatchError
+from citer_edge.errors import CiterEdgeError, CloudAuthError, ModelNotFoundError, TokenizerMismatchError
 from citer_edge.models import pull_model, resolve_model
 from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
 from citer_edge.slm import LocalModel
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CiterEdgeError",
+    "CloudAuthError",
     "CloudPolicy",
     "CloudSession",
     "ConfidencePolicy",

@@ -48,6 +48,9 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="start citer-cloud with --llm on a free loopback port for this run [CITER_EDGE_LOCAL_CLOUD=1]",
     )
     group.add_argument(
+        "--cloud-token", default=_env("CLOUD_TOKEN"), help="bearer token for the cloud [CITER_EDGE_CLOUD_TOKEN]"
+    )
+    group.add_argument(
         "--cloud-timeout", type=float, default=float(_env("CLOUD_TIMEOUT", "30")), help="seconds per cloud call"
     )
     routing = parser.add_argument_group("routing and sampling")
@@ -70,7 +73,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="LLM tokens per cloud call [CITER_EDGE_TOKENS_PER_CALL]",
     )
     routing.add_argument(
-        "--max-tokens", type=int, default=int(_env("MAX_TOKENS", "256")), help="[CITER_EDGE_MAX_TOKENS]"
+        "--max-tokens", type=int, default=int(_env("MAX_TOKENS", "512")), help="[CITER_EDGE_MAX_TOKENS]"
     )
     routing.add_argument("--temperature", type=float, default=float(_env("TEMPERATURE", "0")), help="0 is greedy")
     routing.add_argument("--top-p", type=float, default=float(_env("TOP_P", "1")))
@@ -132,7 +135,7 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
         slm = stack.enter_context(LocalModel(slm_path, n_ctx=args.n_ctx, n_threads=args.threads, verbose=args.verbose))
         cloud = None
         if address:
-            cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout)
+            cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token)
             stack.callback(cloud.close)
         elif args.policy != "local":
             log.info("no cloud configured (--cloud or --local-cloud): every token comes from the SLM")
@@ -172,12 +175,18 @@ class TokenPrinter:
         sys.stdout.flush()
 
 
-def _print_stream(stream: GenerationStream, show_routing: bool) -> str:
+def _print_stream(stream: GenerationStream, show_routing: bool, interruptible: bool = False) -> str:
+    """Print tokens as they come, then the summary; Ctrl-C ends the reply early when ``interruptible``."""
     printer = TokenPrinter(show_routing)
     pieces = []
-    for token in stream:
-        printer.write(token)
-        pieces.append(token.text)
+    try:
+        for token in stream:
+            printer.write(token)
+            pieces.append(token.text)
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        stream.summary.finish_reason = "interrupted"
     printer.finish()
     print(stream.summary.line(), file=sys.stderr)
     return "".join(pieces)
@@ -191,15 +200,15 @@ def run_chat(args: argparse.Namespace) -> int:
         conversation = Conversation(runtime.slm, system=args.system)
         one_shot = args.prompt is not None
         if not one_shot:
-            print("citer-edge chat — empty line or Ctrl-D to quit", file=sys.stderr)
+            print("citer-edge chat — Ctrl-C stops a reply; empty line or Ctrl-D quits", file=sys.stderr)
         while True:
             message = args.prompt if one_shot else _read_message()
             if not message:
                 return 0
             conversation.add_user(message)
             stream = runtime.generator.stream(conversation.prompt_tokens(), args.max_tokens, runtime.sampling)
-            reply = _print_stream(stream, args.show_routing)
-            conversation.add_assistant(reply)
+            reply = _print_stream(stream, args.show_routing, interruptible=not one_shot)
+            conversation.add_assistant(reply)  # an interrupted reply stays in the history as far as it got
             if one_shot:
                 return 0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from citer_edge.errors import TokenizerMismatchError
+from citer_edge.errors import CloudAuthError, TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
@@ -131,7 +131,8 @@ class CloudSession:
     def connect(self) -> bool:
         """Open the channel and check the pairing; False (with one warning) when the cloud is unreachable.
 
-        Raises TokenizerMismatchError when the server's LLM cannot be paired with this SLM.
+        Raises TokenizerMismatchError when the server's LLM cannot be paired with this SLM, and
+        CloudAuthError when it refuses the token: both are configuration errors, not outages.
         """
         if self._stub is not None and self.info is not None:
             return True
@@ -140,8 +141,11 @@ class CloudSession:
             self._stub = pb_grpc.LlmServiceStub(self._channel)
             reply = self._stub.GetInfo(pb.InfoRequest(), timeout=self._connect_timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
-            self._mark_down(f"cannot reach the cloud at {self.address} ({_describe(error)})")
             self._drop_channel()
+            if _code(error) == grpc.StatusCode.UNAUTHENTICATED:
+                details = error.details()
+                raise CloudAuthError(f"the cloud at {self.address} refused our credentials: {details}") from None
+            self._mark_down(f"cannot reach the cloud at {self.address} ({_describe(error)})")
             return False
         if reply.tokenizer_fingerprint != self._slm_fingerprint:
             self._drop_channel()
@@ -205,6 +209,12 @@ class CloudSession:
                 self._close_stream()
                 self._mark_down(str(error))
                 return None
+            except BaseException:
+                # Interrupted mid-request (Ctrl-C): its reply may still arrive, so this stream can no
+                # longer pair requests with replies. The next call opens a fresh one; known_len keeps
+                # the server consistent whether or not it processed the request.
+                self._close_stream()
+                raise
             self._server_tokens = list(context) + list(reply.tokens)
             if self._down:
                 log.warning("cloud at %s is back", self.address)

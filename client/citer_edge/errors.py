@@ -19,3 +19,7 @@ class TokenizerMismatchError(CiterEdgeError):
 
 class RouterMismatchError(CiterEdgeError):
     """A router expects features of a different size than the SLM provides."""
+
+
+class CloudAuthError(CiterEdgeError):
+    """The cloud service refused the client's bearer token."""

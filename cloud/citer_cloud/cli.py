@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=int(_env("THREADS", "0")) or None, help="CPU threads [CITER_CLOUD_THREADS]"
     )
     serve_cmd.add_argument(
+        "--auth-token",
+        default=_env("AUTH_TOKEN", "") or None,
+        help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
+    )
+    serve_cmd.add_argument(
         "-v", "--verbose", action="store_true", default=_env("VERBOSE", "") == "1", help="debug logging"
     )
     return parser
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_tokens=args.kv_tokens,
         max_request_tokens=args.max_request_tokens,
         n_threads=args.threads,
+        auth_token=args.auth_token,
         verbose=args.verbose,
     )
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from citer_cloud.auth import BearerTokenInterceptor
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import SessionManager
@@ -35,6 +36,7 @@ class ServerConfig:
     kv_tokens: int = 16384
     max_request_tokens: int = 4096
     n_threads: int | None = None
+    auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
     verbose: bool = False
 
 
@@ -51,7 +53,10 @@ class _Running:
         )
         self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
         self.servicer = LlmServicer(self.sessions)
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+        self.server = grpc.aio.server(
+            interceptors=interceptors, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
         pb_grpc.add_LlmServiceServicer_to_server(self.servicer, self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
