@@ -120,6 +120,9 @@ class CloudSession:
         self.info: CloudInfo | None = None
         self.resyncs = 0
         self.failures = 0
+        self.calls = 0
+        self.tokens_sent = 0  # what the server had to prefill for us, resyncs included
+        self.tokens_received = 0  # LLM decode steps spent on us
 
     # -- availability -----------------------------------------------------
 
@@ -216,6 +219,9 @@ class CloudSession:
                 self._close_stream()
                 raise
             self._server_tokens = list(context) + list(reply.tokens)
+            self.calls += 1
+            self.tokens_sent += len(request.append)
+            self.tokens_received += len(reply.tokens)
             if self._down:
                 log.warning("cloud at %s is back", self.address)
             self._down = False

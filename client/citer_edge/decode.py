@@ -31,6 +31,7 @@ class GeneratedToken:
     text: str  # new text this token completes ("" inside a multi-byte character)
     source: Source
     critical_probability: float  # what the policy saw at this position
+    slm_top1_prob: float  # the SLM's confidence here, whoever produced the token
 
 
 @dataclass
@@ -158,7 +159,9 @@ class HybridGenerator:
                 summary.cloud_tokens += source == "llm"
                 if summary.tokens == 1:
                     summary.time_to_first_token_s = time.perf_counter() - started
-                yield GeneratedToken(token, utf8.decode(self.slm.token_bytes(token)), source, p_critical)
+                yield GeneratedToken(
+                    token, utf8.decode(self.slm.token_bytes(token)), source, p_critical, features.top1_prob
+                )
             summary.elapsed_s = time.perf_counter() - started
             if finished or self.slm.is_end(batch[-1]):
                 summary.finish_reason = "stop"

@@ -13,7 +13,7 @@ session, so no run reuses another's cache (cold numbers). Modes:
 On a 2-core machine the SLM and the cloud share the cores, so hybrid speed
 here is a lower bound on a real device plus a GPU server.
 
-    python bench/throughput.py --slm qwen2.5-coder-0.5b --llm qwen2.5-coder-1.5b
+    citer-bench throughput --slm qwen2.5-coder-0.5b --llm qwen2.5-coder-1.5b
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import time
 import grpc
 from tqdm import tqdm
 
-from benchlib import SPEED_PROMPTS, machine_description, write_result
+from citer_bench.machine import machine_description, write_result
+from citer_bench.prompts import SPEED_PROMPTS
 from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
 from citer_edge.chat import Conversation
 from citer_edge.local_cloud import LocalCloud
@@ -84,8 +85,10 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="citer-bench throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slm", default=DEFAULT_SLM, help="SLM alias or GGUF path")
     parser.add_argument("--llm", default=DEFAULT_LLM, help="LLM alias or GGUF path (served on loopback)")
     parser.add_argument("--prompts", type=int, default=len(SPEED_PROMPTS), help="how many of the fixed prompts")
@@ -94,7 +97,7 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--name", default="throughput", help="result file name under bench/results/")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 
     slm_path, llm_path = resolve_model(args.slm), resolve_model(args.llm)

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: a description of the machine, fixed prompts, and result files.
+"""What every benchmark shares: a description of the machine and result files.
 
 Results are JSON with the exact settings and the machine they ran on, so a
 number quoted in the README can be traced to the run that produced it.
@@ -13,17 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-#: Coding prompts for speed measurements (deliberately not HumanEval, which is reserved for quality).
-SPEED_PROMPTS: tuple[str, ...] = (
-    "Write a Python function that returns the n-th prime number.",
-    "Write a Python function that merges two sorted lists into one sorted list.",
-    "Write a Python class for a stack with push, pop and peek methods.",
-    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
-    "Write a Python function that counts the words in a text file.",
-    "Write a Python function that flattens a nested list of arbitrary depth.",
-)
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
 def machine_description() -> dict[str, object]:

@@ -1,0 +1,26 @@
+"""``citer-bench <benchmark> [options]``: one command per benchmark; ``citer-bench <benchmark> --help`` explains it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "quality": "HumanEval pass@1 vs cloud share for every policy (the Pareto plot)",
+    "throughput": "tokens/s of SLM-only, LLM-only and hybrid decoding",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        print("usage: citer-bench <benchmark> [options]\n\nbenchmarks:")
+        for name, what in BENCHMARKS.items():
+            print(f"  {name:12} {what}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(f"citer_bench.{argv[0]}")
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Prompts the benchmarks use; none of them is HumanEval, which is reserved for measuring quality."""
+
+from __future__ import annotations
+
+import ast
+import random
+import sysconfig
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Coding prompts for speed measurements (deliberately not HumanEval, which is reserved for quality).
+SPEED_PROMPTS: tuple[str, ...] = (
+    "Write a Python function that returns the n-th prime number.",
+    "Write a Python function that merges two sorted lists into one sorted list.",
+    "Write a Python class for a stack with push, pop and peek methods.",
+    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+    "Write a Python function that counts the words in a text file.",
+    "Write a Python function that flattens a nested list of arbitrary depth.",
+)
+
+
+@dataclass(frozen=True)
+class CodePrompt:
+    """A HumanEval-style raw-completion prompt: a signature and docstring to implement."""
+
+    prompt_id: str
+    prompt: str
+
+
+_SKIPPED_STDLIB = {"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages",
+                   "dist-packages", "__pycache__", "venv", "pydoc_data"}  # fmt: skip
+
+
+def stdlib_function_prompts(min_doc_chars: int = 40) -> list[CodePrompt]:
+    """Every public top-level function with a docstring in this Python's standard library, as a prompt.
+
+    Deterministic for a given Python version; no HumanEval text can appear in it.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    prompts: dict[str, CodePrompt] = {}
+    for path in sorted(root.rglob("*.py")):
+        if _SKIPPED_STDLIB & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < min_doc_chars or '"""' in doc:
+                continue
+            body = textwrap.indent(doc, "    ")
+            text = f'def {node.name}({ast.unparse(node.args)}):\n    """\n{body}\n    """\n'
+            prompt_id = f"{module}.{node.name}"
+            prompts.setdefault(prompt_id, CodePrompt(prompt_id, text))
+    return list(prompts.values())
+
+
+def sample_prompts(prompts: list[CodePrompt], n: int, seed: int = 0) -> list[CodePrompt]:
+    """A reproducible random subset (the stdlib's order clusters similar modules together)."""
+    rng = random.Random(seed)
+    chosen = rng.sample(prompts, min(n, len(prompts)))
+    return sorted(chosen, key=lambda p: p.prompt_id)

@@ -1,0 +1,363 @@
+"""Quality vs cloud share on HumanEval (greedy pass@1): every policy at equal shares, with resume.
+
+Runs, for each policy and target cloud share, the hybrid decoder over the
+HumanEval problems as raw completions and executes each completion against
+the problem's tests in a subprocess. Thresholds are calibrated to the target
+shares on standard-library prompts, never on HumanEval. Policies:
+
+- ``slm`` / ``llm``: the two ends (policy local / cloud).
+- ``random``: each token to the cloud with probability = share.
+- ``confidence``: route when the SLM's top-1 probability < calibrated cut.
+- ``query``: one model per problem, chosen by the SLM's mean top-1 probability
+  over its first tokens (RouteLLM-style); computed exactly from the two end
+  runs, since greedy answers from one model are what query routing returns.
+
+Each run appends one JSON line per problem to ``<out>/<run>.jsonl``; an
+interrupted sweep resumes where it stopped. A summary JSON, a table and the
+Pareto plot are written at the end.
+
+    citer-bench quality --limit 20                 # a quick look
+    citer-bench quality                            # the full sweep (hours on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from citer_bench.calibration import share_below, threshold_for_share
+from citer_bench.curves import apgr, cpt
+from citer_bench.humaneval import Problem, check_completion, load_problems, truncate_at_stop
+from citer_bench.machine import RESULTS_DIR, machine_description
+from citer_bench.prompts import CodePrompt, sample_prompts, stdlib_function_prompts
+from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
+from citer_edge.local_cloud import LocalCloud
+from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
+from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+
+log = logging.getLogger("citer_bench.quality")
+
+PROBE_TOKENS = 16  # query-level routing looks at the SLM's first 16 tokens
+TOKEN_POLICIES = ("random", "confidence")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    policy: str  # slm | llm | random | confidence
+    target_share: float
+    threshold: float | None = None  # confidence cut or random probability
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy}-{self.target_share:.2f}"
+
+    def make_policy(self) -> RoutingPolicy:
+        if self.policy == "slm":
+            return LocalPolicy()
+        if self.policy == "llm":
+            return CloudPolicy()
+        if self.policy == "random":
+            return RandomPolicy(self.target_share, seed=0)
+        if self.policy == "confidence":
+            assert self.threshold is not None
+            return ConfidencePolicy(self.threshold)
+        raise ValueError(f"unknown policy {self.policy}")
+
+
+# -- one completion (runs in a worker) -------------------------------------
+
+_worker_slm: LocalModel | None = None
+
+
+def _init_worker(slm_path: str, n_threads: int) -> None:
+    global _worker_slm
+    logging.getLogger("citer_edge").setLevel(logging.ERROR)
+    _worker_slm = LocalModel(slm_path, n_ctx=2048, n_threads=n_threads)
+
+
+def complete(
+    slm: LocalModel, prompt: str, policy: RoutingPolicy, cloud_address: str | None, max_tokens: int
+) -> dict[str, object]:
+    """Generate one raw completion until a stop sequence; report what it cost."""
+    slm.reset()  # every problem starts cold: results never depend on the order problems ran in
+    cloud = CloudSession(cloud_address, slm.fingerprint) if cloud_address else None
+    started = time.perf_counter()
+    try:
+        generator = HybridGenerator(slm, policy, cloud)
+        stream = generator.stream(slm.tokenize(prompt), max_tokens=max_tokens, sampling=SamplingSettings())
+        text, stopped, top1 = "", False, []
+        for token in stream:
+            text += token.text
+            top1.append(token.slm_top1_prob)
+            text, stopped = truncate_at_stop(text)
+            if stopped:
+                break
+    finally:
+        if cloud is not None:
+            cloud.close()
+    summary = stream.summary
+    probe = top1[:PROBE_TOKENS]
+    return {
+        "completion": text,
+        "stopped": stopped,
+        "tokens": summary.tokens,
+        "cloud_tokens": summary.cloud_tokens,
+        "cloud_calls": summary.cloud_calls,
+        "cloud_fallbacks": summary.cloud_fallbacks,
+        "tokens_sent": cloud.tokens_sent if cloud else 0,
+        "tokens_received": cloud.tokens_received if cloud else 0,
+        "probe_top1_mean": sum(probe) / len(probe) if probe else 1.0,
+        "top1": [round(p, 5) for p in top1],
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+
+
+def _solve(spec: RunSpec, problem: Problem, cloud_address: str | None, max_tokens: int) -> dict[str, object]:
+    assert _worker_slm is not None
+    record = complete(_worker_slm, problem.prompt, spec.make_policy(), cloud_address, max_tokens)
+    outcome = check_completion(problem, str(record["completion"]))
+    return {"task_id": problem.task_id, "run": spec.name, **asdict(spec), **record,
+            "passed": outcome.passed, "reason": outcome.reason}  # fmt: skip
+
+
+def _calibrate_one(prompt: CodePrompt, max_tokens: int) -> dict[str, object]:
+    assert _worker_slm is not None
+    record = complete(_worker_slm, prompt.prompt, LocalPolicy(), None, max_tokens)
+    return {"prompt_id": prompt.prompt_id, "top1": record["top1"], "probe_top1_mean": record["probe_top1_mean"]}
+
+
+# -- the sweep (runs in the parent) -----------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Completed records; a torn last line from an interrupted run is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def pending(problems: list[Problem], path: Path) -> list[Problem]:
+    done = {record["task_id"] for record in read_jsonl(path)}
+    return [problem for problem in problems if problem.task_id not in done]
+
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.slm_path = resolve_model(args.slm)
+        self.llm_path = resolve_model(args.llm)
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        self.pool = ProcessPoolExecutor(
+            max_workers=args.workers, initializer=_init_worker, initargs=(str(self.slm_path), threads)
+        )
+
+    def map(self, fn, items: Iterable, desc: str) -> Iterable:
+        items = list(items)
+        futures = [self.pool.submit(fn, *item) for item in items]
+        for future in tqdm(futures, desc=desc, file=sys.stderr):
+            yield future.result()
+
+    def calibration(self) -> dict[str, object]:
+        path = self.out / "calibration.json"
+        settings = {"slm": self.slm_path.name, "prompts": self.args.calibration_prompts, "max_tokens": 128,
+                    "source": "stdlib_function_prompts, seed 0"}  # fmt: skip
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached.get("settings") == settings:
+                return cached
+        prompts = sample_prompts(stdlib_function_prompts(), self.args.calibration_prompts, seed=0)
+        rows = list(self.map(_calibrate_one, [(p, 128) for p in prompts], "calibration"))
+        calibration = {
+            "settings": settings,
+            "token_top1": [p for row in rows for p in row["top1"]],
+            "probe_means": [row["probe_top1_mean"] for row in rows],
+        }
+        path.write_text(json.dumps(calibration))
+        return calibration
+
+    def run(self, spec: RunSpec, problems: list[Problem], cloud_address: str | None) -> list[dict]:
+        path = self.out / f"{spec.name}.jsonl"
+        todo = pending(problems, path)
+        with path.open("a") as sink:
+            for record in self.map(_solve, [(spec, p, cloud_address, self.args.max_tokens) for p in todo], spec.name):
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+        wanted = {p.task_id for p in problems}
+        return [r for r in read_jsonl(path) if r["task_id"] in wanted]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def summarise_run(name: str, policy: str, target: float, records: list[dict], threshold: float | None) -> dict:
+    tokens = sum(r["tokens"] for r in records)
+    return {
+        "run": name,
+        "policy": policy,
+        "target_share": target,
+        "threshold": threshold,
+        "problems": len(records),
+        "pass_at_1": sum(r["passed"] for r in records) / len(records) if records else 0.0,
+        "cloud_share": sum(r["cloud_tokens"] for r in records) / tokens if tokens else 0.0,
+        "cloud_calls_per_problem": sum(r["cloud_calls"] for r in records) / len(records) if records else 0.0,
+        "prefill_per_token": sum(r["tokens_sent"] for r in records) / tokens if tokens else 0.0,
+        "decode_steps_per_token": sum(r["tokens_received"] for r in records) / tokens if tokens else 0.0,
+        "tokens": tokens,
+    }
+
+
+def query_level(slm_runs: list[dict], llm_runs: list[dict], cut: float, target: float) -> dict:
+    """Per problem, the LLM's whole answer when the SLM's probe confidence is below ``cut``."""
+    by_task = {r["task_id"]: r for r in llm_runs}
+    chosen = []
+    for slm_record in slm_runs:
+        llm_record = by_task.get(slm_record["task_id"])
+        if llm_record is None:
+            continue
+        to_cloud = slm_record["probe_top1_mean"] < cut
+        chosen.append({**(llm_record if to_cloud else slm_record), "cloud_calls": int(to_cloud),
+                       "tokens_sent": 0, "tokens_received": 0})  # fmt: skip
+        if to_cloud:
+            chosen[-1]["tokens_received"] = llm_record["tokens"]
+    return summarise_run(f"query-{target:.2f}", "query", target, chosen, cut)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="citer-bench quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--slm", default=DEFAULT_SLM)
+    parser.add_argument("--llm", default=DEFAULT_LLM)
+    parser.add_argument("--limit", type=int, default=None, help="first N HumanEval problems (default: all 164)")
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5], help="target cloud shares")
+    parser.add_argument("--policies", nargs="+", default=["random", "confidence", "query"],
+                        choices=["random", "confidence", "query"], help="policies between the two ends")  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=384)
+    parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
+    parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "humaneval"), help="folder for JSONL, JSON and PNG")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+
+    problems = load_problems(args.limit)
+    sweep = Sweep(args)
+    summaries: list[dict] = []
+    try:
+        calibration = sweep.calibration()
+        with LocalCloud(sweep.llm_path) as cloud:
+            slm_runs = sweep.run(RunSpec("slm", 0.0), problems, None)
+            llm_runs = sweep.run(RunSpec("llm", 1.0), problems, cloud.address)
+            summaries += [summarise_run("slm-0.00", "slm", 0.0, slm_runs, None),
+                          summarise_run("llm-1.00", "llm", 1.0, llm_runs, None)]  # fmt: skip
+            for share in args.shares:
+                for policy in args.policies:
+                    if policy == "query":
+                        cut = threshold_for_share(calibration["probe_means"], share)
+                        summaries.append(query_level(slm_runs, llm_runs, cut, share))
+                        continue
+                    threshold = share if policy == "random" else threshold_for_share(calibration["token_top1"], share)
+                    spec = RunSpec(policy, share, threshold)
+                    records = sweep.run(spec, problems, cloud.address)
+                    summaries.append(summarise_run(spec.name, policy, share, records, threshold))
+    finally:
+        sweep.close()
+
+    report = build_report(summaries, args, calibration, sweep)
+    (Path(args.out) / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    plot(report, Path(args.out) / "pareto.png")
+    return 0
+
+
+def build_report(summaries: list[dict], args: argparse.Namespace, calibration: dict, sweep: Sweep) -> dict:
+    slm = next(s for s in summaries if s["policy"] == "slm")["pass_at_1"]
+    llm = next(s for s in summaries if s["policy"] == "llm")["pass_at_1"]
+    per_policy = {}
+    for policy in sorted({s["policy"] for s in summaries} - {"slm", "llm"}):
+        points = [(s["cloud_share"], s["pass_at_1"]) for s in summaries if s["policy"] == policy]
+        per_policy[policy] = (
+            {"apgr": apgr(points, slm, llm), "cpt50": cpt(points, slm, llm, 0.5), "cpt80": cpt(points, slm, llm, 0.8)}
+            if llm != slm
+            else {"note": "SLM-only and LLM-only tie on this subset: no gap to recover"}
+        )
+    return {
+        "benchmark": "humaneval-quality-vs-share",
+        "machine": machine_description(),
+        "settings": {
+            "slm": sweep.slm_path.name,
+            "llm": sweep.llm_path.name,
+            "problems": args.limit or 164,
+            "max_tokens": args.max_tokens,
+            "sampling": "greedy",
+            "prompt_format": "raw completion",
+            "calibration": calibration["settings"],
+            "calibrated_token_share_check": {
+                str(s["target_share"]): share_below(calibration["token_top1"], s["threshold"])
+                for s in summaries
+                if s["policy"] == "confidence"
+            },
+        },  # fmt: skip
+        "runs": summaries,
+        "policies": per_policy,
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"{'run':18} {'pass@1':>7} {'share':>6} {'calls/prob':>10} {'prefill/tok':>11} {'steps/tok':>9}")
+    for s in report["runs"]:
+        print(
+            f"{s['run']:18} {s['pass_at_1']:7.1%} {s['cloud_share']:6.1%} {s['cloud_calls_per_problem']:10.1f} "
+            f"{s['prefill_per_token']:11.2f} {s['decode_steps_per_token']:9.2f}"
+        )
+    for policy, metrics in report["policies"].items():
+        print(policy, json.dumps(metrics))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    runs = report["runs"]
+    slm = next(s for s in runs if s["policy"] == "slm")
+    llm = next(s for s in runs if s["policy"] == "llm")
+    ax.axhline(100 * slm["pass_at_1"], color="grey", linestyle=":", label="SLM only")
+    ax.axhline(100 * llm["pass_at_1"], color="black", linestyle="--", label="LLM only")
+    for policy in report["policies"]:
+        points = sorted((s["cloud_share"], s["pass_at_1"]) for s in runs if s["policy"] == policy)
+        points = [(slm["cloud_share"], slm["pass_at_1"]), *points, (llm["cloud_share"], llm["pass_at_1"])]
+        ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=policy)
+    settings = report["settings"]
+    ax.set_xlabel("cloud share of generated tokens (%)")
+    ax.set_ylabel("HumanEval pass@1 (%)")
+    ax.set_title(f"{settings['slm']} + {settings['llm']}, {settings['problems']} problems, greedy", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
