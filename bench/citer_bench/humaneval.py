@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 #: The Codex paper's stop sequences for raw completion: a new top-level block ends the function.
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+_SENTINEL = "citer-humaneval: all tests ran"
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def truncate_at_stop(text: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> tupl
 
 def check_completion(problem: Problem, completion: str, timeout_s: float = 10.0) -> TestOutcome:
     """Run the problem's tests against ``prompt + completion`` in an isolated subprocess."""
-    program = f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    # The sentinel proves the tests ran to the end: a completion that calls sys.exit(0) early must not pass.
+    program = f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\nprint({_SENTINEL!r})\n"
     with tempfile.TemporaryDirectory(prefix="citer-humaneval-") as workdir:
         try:
             result = subprocess.run(
@@ -62,7 +64,7 @@ def check_completion(problem: Problem, completion: str, timeout_s: float = 10.0)
             )
         except subprocess.TimeoutExpired:
             return TestOutcome(False, "timeout")
-    if result.returncode == 0:
+    if result.returncode == 0 and result.stdout.rstrip().endswith(_SENTINEL):
         return TestOutcome(True, "passed")
     last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
     return TestOutcome(False, f"failed: {last[:200]}")

@@ -5,7 +5,7 @@ HumanEval problems as raw completions and executes each completion against
 the problem's tests in a subprocess. Thresholds are calibrated to the target
 shares on standard-library prompts, never on HumanEval. Policies:
 
-- ``slm`` / ``llm``: the two ends (policy local / cloud).
+- ``slm`` / ``llm``: the two ends (policy local; the cloud's Generate stream).
 - ``random``: each token to the cloud with probability = share.
 - ``confidence``: route when the SLM's top-1 probability < calibrated cut.
 - ``query``: one model per problem, chosen by the SLM's mean top-1 probability
@@ -23,6 +23,7 @@ Pareto plot are written at the end.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
 from tqdm import tqdm
 
 from citer_bench.calibration import share_below, threshold_for_share
@@ -44,6 +46,7 @@ from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettin
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
 from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+from citer_protocol import pb, pb_grpc
 
 log = logging.getLogger("citer_bench.quality")
 
@@ -122,9 +125,40 @@ def complete(
     }
 
 
+def complete_llm_only(slm: LocalModel, prompt: str, cloud_address: str, max_tokens: int) -> dict[str, object]:
+    """The cloud-only baseline: the LLM's Generate stream, one call per answer, cancelled at a stop sequence.
+
+    Greedy tokens equal the hybrid loop's under policy ``cloud`` (tests/test_decode_parity.py), but the
+    cost is what a cloud-only deployment pays: one call and one prompt prefill per answer.
+    """
+    prompt_tokens = slm.tokenize(prompt)
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    started = time.perf_counter()
+    text, stopped, tokens = "", False, 0
+    with grpc.insecure_channel(cloud_address) as channel:
+        call = pb_grpc.LlmServiceStub(channel).Generate(
+            pb.GenerateRequest(prompt=prompt_tokens, max_tokens=max_tokens), timeout=3600
+        )
+        for reply in call:
+            tokens += 1
+            if slm.is_end(reply.token):
+                break
+            text, stopped = truncate_at_stop(text + utf8.decode(slm.token_bytes(reply.token)))
+            if stopped:
+                call.cancel()
+                break
+    return {"completion": text, "stopped": stopped, "tokens": tokens, "cloud_tokens": tokens, "cloud_calls": 1,
+            "cloud_fallbacks": 0, "tokens_sent": len(prompt_tokens), "tokens_received": tokens,
+            "probe_top1_mean": None, "top1": [], "elapsed_s": round(time.perf_counter() - started, 3)}  # fmt: skip
+
+
 def _solve(spec: RunSpec, problem: Problem, cloud_address: str | None, max_tokens: int) -> dict[str, object]:
     assert _worker_slm is not None
-    record = complete(_worker_slm, problem.prompt, spec.make_policy(), cloud_address, max_tokens)
+    if spec.policy == "llm":
+        assert cloud_address is not None
+        record = complete_llm_only(_worker_slm, problem.prompt, cloud_address, max_tokens)
+    else:
+        record = complete(_worker_slm, problem.prompt, spec.make_policy(), cloud_address, max_tokens)
     outcome = check_completion(problem, str(record["completion"]))
     return {"task_id": problem.task_id, "run": spec.name, **asdict(spec), **record,
             "passed": outcome.passed, "reason": outcome.reason}  # fmt: skip
