@@ -8,6 +8,9 @@ import sys
 BENCHMARKS = {
     "quality": "HumanEval pass@1 vs cloud share for every policy (the Pareto plot)",
     "throughput": "tokens/s of SLM-only, LLM-only and hybrid decoding",
+    "overhead": "per-token time of the SLM step, feature extraction and routing policies",
+    "network": "tokens/s and time to first token against an emulated round-trip time",
+    "capacity": "concurrent sessions one cloud server sustains, with p50/p99 call latency",
 }
 
 
