@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
+from citer_bench.plotting import saved_axes
 from citer_bench.prompts import SPEED_PROMPTS
 from citer_edge import CloudSession, LocalModel, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
@@ -125,25 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(payload: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = payload["results"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["sessions"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label="p50")
-    ax.plot([r["sessions"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label="p99")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent sessions")
-    ax.set_ylabel("cloud call latency (ms)")
-    ax.set_title(f"{payload['settings']['llm']}: {payload['settings']['append']} tokens appended + 1 produced per call",
-                 fontsize=9)  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    settings = payload["settings"]
+    title = f"{settings['llm']}: {settings['append']} tokens appended + 1 produced per call"
+    with saved_axes(path, "concurrent sessions", "cloud call latency (ms)", title) as ax:
+        ax.plot([r["sessions"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label="p50")
+        ax.plot([r["sessions"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label="p99")
+        ax.set_xscale("log", base=2)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from citer_bench.delay_proxy import DelayProxy
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
+from citer_bench.plotting import saved_axes
 from citer_bench.prompts import SPEED_PROMPTS
-from citer_bench.throughput import run_generate, run_hybrid, summarise
+from citer_bench.throughput import chat_prompts, run_generate, run_hybrid, summarise
 from citer_edge import LocalModel
-from citer_edge.chat import Conversation
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
 
@@ -41,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     slm_path, llm_path = resolve_model(args.slm), resolve_model(args.llm)
     rows: dict[str, dict[str, dict]] = {"slm": {}, "hybrid-confidence": {}, "llm-generate": {}}
     with LocalCloud(llm_path) as cloud, LocalModel(slm_path) as slm:
-        prompts = []
-        for text in SPEED_PROMPTS[: args.prompts]:
-            conversation = Conversation(slm)
-            conversation.add_user(text)
-            prompts.append(conversation.prompt_tokens())
+        prompts = chat_prompts(slm, SPEED_PROMPTS[: args.prompts])
         slm_runs = [run_hybrid(slm, "", "local", 0.0, p, args.max_tokens) for p in tqdm(prompts, desc="slm")]
         for rtt in args.rtt_ms:
             rows["slm"][str(rtt)] = summarise(slm_runs)  # no network in the loop: the same at every RTT
@@ -87,23 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(payload: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, by_rtt in payload["results"].items():
-        rtts = sorted(by_rtt, key=float)
-        ax.plot([float(r) for r in rtts], [by_rtt[r]["tokens_per_s"] for r in rtts], marker="o", label=mode)
-    ax.set_xlabel("round-trip time (ms)")
-    ax.set_ylabel("tokens/s")
-    ax.set_title(f"{payload['settings']['slm']} + {payload['settings']['llm']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = f"{payload['settings']['slm']} + {payload['settings']['llm']}"
+    with saved_axes(path, "round-trip time (ms)", "tokens/s", title) as ax:
+        for mode, by_rtt in payload["results"].items():
+            rtts = sorted(by_rtt, key=float)
+            ax.plot([float(r) for r in rtts], [by_rtt[r]["tokens_per_s"] for r in rtts], marker="o", label=mode)
 
 
 if __name__ == "__main__":

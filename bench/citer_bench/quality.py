@@ -41,6 +41,7 @@ from citer_bench.calibration import share_below, threshold_for_share
 from citer_bench.curves import apgr, cpt
 from citer_bench.humaneval import Problem, check_completion, load_problems, truncate_at_stop
 from citer_bench.machine import RESULTS_DIR, machine_description
+from citer_bench.plotting import saved_axes
 from citer_bench.prompts import CodePrompt, sample_prompts, stdlib_function_prompts
 from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
@@ -367,30 +368,18 @@ def print_table(report: dict) -> None:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     runs = report["runs"]
     slm = next(s for s in runs if s["policy"] == "slm")
     llm = next(s for s in runs if s["policy"] == "llm")
-    ax.axhline(100 * slm["pass_at_1"], color="grey", linestyle=":", label="SLM only")
-    ax.axhline(100 * llm["pass_at_1"], color="black", linestyle="--", label="LLM only")
-    for policy in report["policies"]:
-        points = sorted((s["cloud_share"], s["pass_at_1"]) for s in runs if s["policy"] == policy)
-        points = [(slm["cloud_share"], slm["pass_at_1"]), *points, (llm["cloud_share"], llm["pass_at_1"])]
-        ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=policy)
     settings = report["settings"]
-    ax.set_xlabel("cloud share of generated tokens (%)")
-    ax.set_ylabel("HumanEval pass@1 (%)")
-    ax.set_title(f"{settings['slm']} + {settings['llm']}, {settings['problems']} problems, greedy", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = f"{settings['slm']} + {settings['llm']}, {settings['problems']} problems, greedy"
+    with saved_axes(path, "cloud share of generated tokens (%)", "HumanEval pass@1 (%)", title, (7, 4.5)) as ax:
+        ax.axhline(100 * slm["pass_at_1"], color="grey", linestyle=":", label="SLM only")
+        ax.axhline(100 * llm["pass_at_1"], color="black", linestyle="--", label="LLM only")
+        for policy in report["policies"]:
+            points = sorted((s["cloud_share"], s["pass_at_1"]) for s in runs if s["policy"] == policy)
+            points = [(slm["cloud_share"], slm["pass_at_1"]), *points, (llm["cloud_share"], llm["pass_at_1"])]
+            ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=policy)
 
 
 if __name__ == "__main__":

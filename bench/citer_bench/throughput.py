@@ -23,6 +23,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import grpc
 from tqdm import tqdm
@@ -37,6 +38,16 @@ from citer_edge.policies import make_policy
 from citer_protocol import pb, pb_grpc
 
 MODES = ("slm", "llm-generate", "llm-hybrid", "hybrid-confidence")
+
+
+def chat_prompts(slm: LocalModel, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as a one-message chat, in the SLM's own template."""
+    prompts = []
+    for text in texts:
+        conversation = Conversation(slm)
+        conversation.add_user(text)
+        prompts.append(conversation.prompt_tokens())
+    return prompts
 
 
 def run_hybrid(slm: LocalModel, address: str, policy_name: str, threshold: float, prompt: list[int], n: int) -> dict:
@@ -103,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     slm_path, llm_path = resolve_model(args.slm), resolve_model(args.llm)
     results: dict[str, dict] = {}
     with LocalCloud(llm_path) as cloud, LocalModel(slm_path) as slm:
-        prompts = []
-        for text in SPEED_PROMPTS[: args.prompts]:
-            conversation = Conversation(slm)
-            conversation.add_user(text)
-            prompts.append(conversation.prompt_tokens())
+        prompts = chat_prompts(slm, SPEED_PROMPTS[: args.prompts])
         for mode in args.modes:
             runs = []
             for prompt in tqdm(prompts, desc=mode, file=sys.stderr):
