@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from citer_bench.calibration import share_below, threshold_for_share
 from citer_bench.curves import apgr, cpt
 from citer_bench.humaneval import Problem, check_completion, load_problems, truncate_at_stop
-from citer_bench.prompts import stdlib_function_prompts
 from citer_bench.quality import pending, query_level, read_jsonl
+from citer_edge.calibration import share_below, threshold_for_share
+from citer_export.corpus import stdlib_function_prompts
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from tqdm import tqdm
 from citer_bench.delay_proxy import DelayProxy
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_bench.plotting import saved_axes
-from citer_bench.prompts import SPEED_PROMPTS
 from citer_bench.throughput import chat_prompts, run_generate, run_hybrid, summarise
 from citer_edge import LocalModel
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
+from citer_export.corpus import SPEED_PROMPTS
 
 
 def main(argv: list[str] | None = None) -> int:

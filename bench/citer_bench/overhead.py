@@ -17,12 +17,12 @@ import time
 import numpy as np
 
 from citer_bench.machine import machine_description, write_result
-from citer_bench.prompts import SPEED_PROMPTS
 from citer_edge import LocalModel, SamplingSettings
 from citer_edge.chat import Conversation
 from citer_edge.features import extract_features
 from citer_edge.models import DEFAULT_SLM, resolve_model
 from citer_edge.policies import ConfidencePolicy, RandomPolicy, RoutingPolicy
+from citer_export.corpus import SPEED_PROMPTS
 from citer_protocol import sample_token
 
 

@@ -1,4 +1,9 @@
-"""Prompts the benchmarks use; none of them is HumanEval, which is reserved for measuring quality."""
+"""Prompts for training, calibrating and timing; none is HumanEval, which is reserved for measuring quality.
+
+The training corpus is every documented public function of this Python's
+standard library, turned into a HumanEval-style "implement this" prompt:
+reproducible offline, and code the models were asked to write.
+"""
 
 from __future__ import annotations
 

@@ -36,3 +36,21 @@ def threshold_for_share(scores: Sequence[float], share: float) -> float:
 def share_below(scores: Sequence[float], threshold: float) -> float:
     values = np.asarray(scores, dtype=np.float64)
     return float((values < threshold).mean()) if values.size else 0.0
+
+
+#: A cut no probability reaches: "route when p ≥ cut" never fires.
+NEVER = 1.01
+
+
+def cut_for_share(scores: Sequence[float], share: float) -> float:
+    """The cut ``c`` such that a fraction ``share`` of ``scores`` is ≥ ``c`` (route when score ≥ c).
+
+    For routers that output P(critical); decreasing in ``share``. Share 0
+    gives a cut above every probability, share 1 gives 0.
+    """
+    if share == 0.0:
+        return NEVER
+    if share == 1.0:
+        return 0.0
+    negated = -np.asarray(scores, dtype=np.float64)
+    return -threshold_for_share(negated, share)

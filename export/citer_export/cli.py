@@ -1,0 +1,46 @@
+"""``citer-export``: build router datasets and turn them into a shippable ONNX router with its card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from citer_export.build import build_router
+from citer_export.dataset import RouterDataset
+from citer_export.train import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="citer-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train, export to ONNX, check parity, calibrate and write the card")
+    train.add_argument("datasets", nargs="+", type=Path, help=".npz files from `citer-export collect`")
+    train.add_argument("--out", type=Path, required=True, help="folder for router.onnx and router.json")
+    train.add_argument("--hidden", type=int, default=256)
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--int8", action="store_true", help="also write an int8-quantised model and its accuracy delta")
+    collect = sub.add_parser("collect", help="label SLM positions against the LLM (CITER shortcut + rollouts)")
+    from citer_export.collect import add_arguments
+
+    add_arguments(collect)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "collect":
+        from citer_export.collect import run
+
+        return run(args)
+    dataset = RouterDataset.concat([RouterDataset.load(path) for path in args.datasets])
+    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    report = build_router(dataset, args.out, config, quantize=args.int8)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The trained-router path end to end on small data: labels, training, ONNX parity, calibration, routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="router training needs the `train` extra (torch==2.13.0 CPU)")
+
+from citer_edge import CloudSession, HybridGenerator, LocalModel  # noqa: E402
+from citer_edge.calibration import NEVER  # noqa: E402
+from citer_edge.errors import RouterMismatchError  # noqa: E402
+from citer_edge.features import LOGIT_STAT_NAMES  # noqa: E402
+from citer_edge.router import RouterCard, RouterPolicy  # noqa: E402
+from citer_export.build import build_router  # noqa: E402
+from citer_export.collect import label_prompt  # noqa: E402
+from citer_export.corpus import CodePrompt  # noqa: E402
+from citer_export.dataset import RouterDataset  # noqa: E402
+from citer_export.labels import code_outcome, is_critical  # noqa: E402
+from citer_export.onnx_export import PARITY_TOLERANCE  # noqa: E402
+from citer_export.train import TrainConfig, auc  # noqa: E402
+from tests.conftest import CHAT_PROMPT  # noqa: E402
+
+PROMPT = "def add(a, b):\n    "
+
+
+def test_label_rule_on_handcrafted_cases() -> None:
+    same = code_outcome(PROMPT, "return a + b\n")
+    assert not is_critical(7, 7, None, None)  # equal tokens: the shortcut, no rollout needed
+    assert not is_critical(7, 8, same, code_outcome(PROMPT, "return a + b  # sum\n"))  # formatting only
+    broken = code_outcome(PROMPT, "return a +\n")
+    assert is_critical(7, 8, broken, same)  # the SLM's token leads to code that does not compile
+    assert not is_critical(7, 8, same, broken)  # the SLM's road is the better one
+    assert is_critical(7, 8, code_outcome(PROMPT, "return a - b\n"), same)  # different code
+
+
+def synthetic_dataset(hidden_size: int, n_prompts: int = 100, per_prompt: int = 40, seed: int = 0) -> RouterDataset:
+    """Rows shaped like real router input; positions with a low top-1 probability tend to be critical."""
+    rng = np.random.default_rng(seed)
+    n = n_prompts * per_prompt
+    hidden = rng.standard_normal((n, hidden_size)).astype(np.float32)
+    top1 = rng.beta(4, 1.5, size=n).astype(np.float32)
+    margin = (top1 * rng.uniform(0.3, 1.0, size=n)).astype(np.float32)
+    entropy = (-np.log(top1) + rng.uniform(0, 0.5, size=n)).astype(np.float32)
+    labels = (rng.uniform(size=n) < 1 / (1 + np.exp(20 * (top1 - 0.5)))).astype(np.uint8)
+    features = np.column_stack([hidden, top1, margin, entropy]).astype(np.float32)
+    groups = np.repeat(np.arange(n_prompts), per_prompt).astype(np.int32)
+    positions = np.tile(np.arange(per_prompt), n_prompts).astype(np.int32)
+    return RouterDataset(features, labels, groups, positions, {"slm": "synthetic"})
+
+
+@pytest.fixture(scope="module")
+def built_router(tmp_path_factory, smol_slm: LocalModel):
+    out = tmp_path_factory.mktemp("router")
+    dataset = synthetic_dataset(smol_slm.hidden_size)
+    report = build_router(dataset, out, TrainConfig(hidden=32, epochs=8), quantize=True)
+    return out, report, dataset
+
+
+def test_trained_router_learns_and_onnx_matches_pytorch(built_router) -> None:
+    _, report, dataset = built_router
+    oracle = auc(-dataset.features[:, -3], dataset.labels)  # ranking by the true signal, top-1 probability
+    assert report.val_auc > oracle - 0.05  # a broken pipeline scores ~0.5; the stats path alone reaches ~oracle
+    assert report.parity_max_abs_diff <= PARITY_TOLERANCE
+    assert report.int8_max_abs_diff is not None and report.int8_max_abs_diff < 0.1
+    assert report.int8_val_auc is not None and report.int8_val_auc > 0.7
+
+
+def test_calibration_table_is_monotonic(built_router) -> None:
+    out, _, _ = built_router
+    card = RouterCard.load(out / "router.json")
+    shares = [share for share, _ in card.calibration]
+    cuts = [cut for _, cut in card.calibration]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+    assert all(a >= b for a, b in zip(cuts, cuts[1:], strict=False))
+    assert cuts[0] == NEVER and cuts[-1] == 0.0
+    assert card.threshold_for_share(0.2) >= card.threshold_for_share(0.3)
+
+
+def test_shipped_style_router_routes_a_generation(built_router, smol_slm: LocalModel, smol_server) -> None:
+    out, _, _ = built_router
+    prompt = smol_slm.tokenize(CHAT_PROMPT)
+    everything = RouterPolicy.load(out / "router.onnx", smol_slm.hidden_size, cloud_share=1.0)
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint)
+    result = HybridGenerator(smol_slm, everything, cloud).generate(prompt, max_tokens=12)
+    assert set(result.sources) == {"llm"}
+    nothing = RouterPolicy.load(out / "router.onnx", smol_slm.hidden_size, cloud_share=0.0)
+    result = HybridGenerator(smol_slm, nothing, cloud).generate(prompt, max_tokens=12)
+    assert set(result.sources) == {"slm"}
+    stream = HybridGenerator(smol_slm, nothing, cloud).stream(prompt, max_tokens=5)
+    assert all(0.0 <= token.critical_probability <= 1.0 for token in stream)
+
+
+def test_router_for_another_slm_is_refused_clearly(built_router, smol_slm: LocalModel) -> None:
+    out, _, _ = built_router
+    with pytest.raises(RouterMismatchError, match=r"expects \d+ features .* this SLM gives"):
+        RouterPolicy.load(out / "router.onnx", smol_slm.hidden_size + 320, cloud_share=0.2)
+
+
+def test_collect_labels_every_position_with_router_features(smol_slm: LocalModel, smol_path: Path) -> None:
+    with LocalModel(smol_path, n_ctx=1024) as llm:
+        done = label_prompt(smol_slm, llm, CodePrompt("t", PROMPT), max_tokens=12, rollout_tokens=8)
+    assert len(done.features) == len(done.labels) > 0
+    assert done.features[0].shape == (smol_slm.hidden_size + len(LOGIT_STAT_NAMES),)
+    assert done.shortcuts == len(done.labels) and not any(done.labels)  # same model both sides: no disagreement
+
+
+def test_auc_matches_definition() -> None:
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    labels = np.array([0, 0, 1, 1])
+    assert auc(scores, labels) == pytest.approx(0.75)
+    assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
