@@ -112,3 +112,19 @@ def test_auc_matches_definition() -> None:
     labels = np.array([0, 0, 1, 1])
     assert auc(scores, labels) == pytest.approx(0.75)
     assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+
+
+def test_cli_router_policy_errors_are_one_line(smol_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "router.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "citer_edge.cli", "generate", "--slm", str(smol_path), "--policy", "router",
+         "--router", str(missing), "hi"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"citer-edge: error: router file not found: {missing} (a router is a .onnx with its .json card)"
+    )

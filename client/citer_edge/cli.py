@@ -22,6 +22,7 @@ from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
 from citer_edge.errors import CiterEdgeError
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.policies import POLICY_NAMES, make_policy
+from citer_edge.router import RouterPolicy
 from citer_edge.slm import LocalModel
 from citer_protocol import SamplingSettings
 
@@ -56,7 +57,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     routing = parser.add_argument_group("routing and sampling")
     routing.add_argument(
         "--policy",
-        choices=POLICY_NAMES,
+        choices=(*POLICY_NAMES, "router"),
         default=_env("POLICY", "confidence"),
         help="routing policy [CITER_EDGE_POLICY]",
     )
@@ -65,6 +66,13 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(_env("THRESHOLD", "0.6")),
         help="confidence: route when top-1 prob is below it; random: cloud share [CITER_EDGE_THRESHOLD]",
+    )
+    routing.add_argument("--router", default=_env("ROUTER"), help="router.onnx for --policy router [CITER_EDGE_ROUTER]")
+    routing.add_argument(
+        "--cloud-share",
+        type=float,
+        default=float(_env("CLOUD_SHARE", "0.2")),
+        help="router: target share of tokens from the cloud, via its calibration [CITER_EDGE_CLOUD_SHARE]",
     )
     routing.add_argument(
         "--tokens-per-call",
@@ -125,23 +133,28 @@ class Runtime:
 
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
-    """Load the SLM, start or reach the cloud, and close everything on exit."""
+    """Load the SLM and the policy (bad options fail here, before any server starts), then reach the cloud."""
     with contextlib.ExitStack() as stack:
         slm_path = models.resolve_model(args.slm)
-        address = args.cloud
-        if args.local_cloud:
-            llm_path = models.resolve_model(args.llm)
-            address = stack.enter_context(LocalCloud(llm_path, verbose=args.verbose)).address
+        llm_path = models.resolve_model(args.llm) if args.local_cloud else None
+        sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         slm = stack.enter_context(LocalModel(slm_path, n_ctx=args.n_ctx, n_threads=args.threads, verbose=args.verbose))
+        if args.policy == "router":
+            if not args.router:
+                raise CiterEdgeError("--policy router needs --router PATH (a router.onnx with its router.json)")
+            policy = RouterPolicy.load(args.router, slm.hidden_size, cloud_share=args.cloud_share)
+        else:
+            policy = make_policy(args.policy, args.threshold, seed=args.seed)
+        address = args.cloud
+        if llm_path is not None:
+            address = stack.enter_context(LocalCloud(llm_path, verbose=args.verbose)).address
         cloud = None
         if address:
             cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token)
             stack.callback(cloud.close)
         elif args.policy != "local":
             log.info("no cloud configured (--cloud or --local-cloud): every token comes from the SLM")
-        policy = make_policy(args.policy, args.threshold, seed=args.seed)
         generator = HybridGenerator(slm, policy, cloud, tokens_per_call=args.tokens_per_call)
-        sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         yield Runtime(slm=slm, generator=generator, sampling=sampling, cloud=cloud)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from citer_edge.errors import RouterMismatchError
+from citer_edge.errors import ModelNotFoundError, RouterMismatchError
 from citer_edge.features import LOGIT_STAT_NAMES, TokenFeatures
 from citer_edge.policies import RoutingPolicy
 
@@ -116,6 +116,9 @@ class RouterPolicy(RoutingPolicy):
     ) -> RouterPolicy:
         """Load ``router.onnx`` and its card (``router.json`` beside it), checking it fits this SLM."""
         path = Path(model_path)
+        for needed in (path, path.with_suffix(".json")):
+            if not needed.is_file():
+                raise ModelNotFoundError(f"router file not found: {needed} (a router is a .onnx with its .json card)")
         card = RouterCard.load(path.with_suffix(".json"))
         expected = hidden_size + len(LOGIT_STAT_NAMES)
         if card.feature_size != expected or tuple(card.logit_stats) != LOGIT_STAT_NAMES:
