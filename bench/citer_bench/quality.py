@@ -8,6 +8,7 @@ shares on standard-library prompts, never on HumanEval. Policies:
 - ``slm`` / ``llm``: the two ends (policy local; the cloud's Generate stream).
 - ``random``: each token to the cloud with probability = share.
 - ``confidence``: route when the SLM's top-1 probability < calibrated cut.
+- ``router``: a trained router (``--router``), cut from its card's calibration.
 - ``query``: one model per problem, chosen by the SLM's mean top-1 probability
   over its first tokens (RouteLLM-style); computed exactly from the two end
   runs, since greedy answers from one model are what query routing returns.
@@ -46,6 +47,7 @@ from citer_edge.calibration import share_below, threshold_for_share
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
 from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+from citer_edge.router import RouterCard, RouterPolicy
 from citer_export.corpus import CodePrompt, sample_prompts, stdlib_function_prompts
 from citer_protocol import pb, pb_grpc
 
@@ -57,15 +59,16 @@ TOKEN_POLICIES = ("random", "confidence")
 
 @dataclass(frozen=True)
 class RunSpec:
-    policy: str  # slm | llm | random | confidence
+    policy: str  # slm | llm | random | confidence | router
     target_share: float
-    threshold: float | None = None  # confidence cut or random probability
+    threshold: float | None = None  # confidence cut, random probability or router P(critical) cut
+    router: str | None = None  # router.onnx, for policy "router"
 
     @property
     def name(self) -> str:
         return f"{self.policy}-{self.target_share:.2f}"
 
-    def make_policy(self) -> RoutingPolicy:
+    def make_policy(self, hidden_size: int) -> RoutingPolicy:
         if self.policy == "slm":
             return LocalPolicy()
         if self.policy == "llm":
@@ -75,6 +78,9 @@ class RunSpec:
         if self.policy == "confidence":
             assert self.threshold is not None
             return ConfidencePolicy(self.threshold)
+        if self.policy == "router":
+            assert self.router is not None and self.threshold is not None
+            return RouterPolicy.load(self.router, hidden_size, threshold=self.threshold)
         raise ValueError(f"unknown policy {self.policy}")
 
 
@@ -159,7 +165,9 @@ def _solve(spec: RunSpec, problem: Problem, cloud_address: str | None, max_token
         assert cloud_address is not None
         record = complete_llm_only(_worker_slm, problem.prompt, cloud_address, max_tokens)
     else:
-        record = complete(_worker_slm, problem.prompt, spec.make_policy(), cloud_address, max_tokens)
+        record = complete(
+            _worker_slm, problem.prompt, spec.make_policy(_worker_slm.hidden_size), cloud_address, max_tokens
+        )
     outcome = check_completion(problem, str(record["completion"]))
     return {"task_id": problem.task_id, "run": spec.name, **asdict(spec), **record,
             "passed": outcome.passed, "reason": outcome.reason}  # fmt: skip
@@ -285,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5], help="target cloud shares")
     parser.add_argument("--policies", nargs="+", default=["random", "confidence", "query"],
                         choices=["random", "confidence", "query"], help="policies between the two ends")  # fmt: skip
+    parser.add_argument("--router", help="a trained router.onnx to sweep too (its card's calibration sets the cuts)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
     parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
@@ -313,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                     spec = RunSpec(policy, share, threshold)
                     records = sweep.run(spec, problems, cloud.address)
                     summaries.append(summarise_run(spec.name, policy, share, records, threshold))
+                if args.router:
+                    cut = RouterCard.load(Path(args.router).with_suffix(".json")).threshold_for_share(share)
+                    spec = RunSpec("router", share, cut, router=str(Path(args.router).resolve()))
+                    records = sweep.run(spec, problems, cloud.address)
+                    summaries.append(summarise_run(spec.name, "router", share, records, cut))
     finally:
         sweep.close()
 
