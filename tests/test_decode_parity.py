@@ -42,3 +42,22 @@ def test_cloud_policy_reproduces_llm_greedy_on_qwen_pair(
         result = HybridGenerator(slm, CloudPolicy(), cloud, tokens_per_call=4).generate(prompt, max_tokens=24)
     assert result.token_ids == llama_greedy(qwen_llm_path, prompt, 24)
     assert result.summary.cloud_calls == 6
+
+
+def test_policy_scores_each_position_once(smol_slm: LocalModel, smol_server: CloudServer) -> None:
+    """A trained router costs an ONNX run per call: the loop must not ask twice per token."""
+    from citer_edge.features import TokenFeatures
+    from citer_edge.policies import RoutingPolicy
+
+    class CountingPolicy(RoutingPolicy):  # our own interface, implemented to count, not a mock of a real part
+        name = "counting"
+        calls = 0
+
+        def critical_probability(self, features: TokenFeatures) -> float:
+            self.calls += 1
+            return 0.0
+
+    policy = CountingPolicy()
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint)
+    result = HybridGenerator(smol_slm, policy, cloud).generate(smol_slm.tokenize(CHAT_PROMPT), max_tokens=10)
+    assert policy.calls == len(result.token_ids) == 10

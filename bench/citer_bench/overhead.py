@@ -49,7 +49,7 @@ def measure(slm: LocalModel, policies: dict[str, RoutingPolicy], n_tokens: int) 
         t1 = time.perf_counter()
         for name, policy in policies.items():
             start = time.perf_counter()
-            policy.wants_cloud(features)
+            policy.route(features)
             policy_t[name].append(time.perf_counter() - start)
         t2 = time.perf_counter()
         token = sample_token(slm.logits, SamplingSettings(), rng)

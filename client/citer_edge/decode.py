@@ -145,10 +145,10 @@ class HybridGenerator:
             return
         while summary.tokens < max_tokens:
             features = extract_features(self.slm.logits, self.slm.hidden)
-            p_critical = self.policy.critical_probability(features)
+            p_critical, to_cloud = self.policy.route(features)
             wanted = min(self.tokens_per_call, max_tokens - summary.tokens)
             batch, source, finished = None, "slm", False
-            if self.cloud is not None and self.policy.wants_cloud(features):
+            if self.cloud is not None and to_cloud:
                 batch, finished = self._cloud_tokens(context, wanted, sampling, summary)
                 source = "llm" if batch else "slm"
             if not batch:

@@ -1,6 +1,6 @@
 """Routing policies: who decides, per token, whether the cloud LLM should produce it.
 
-The decode loop only calls ``critical_probability`` and ``wants_cloud``; a new
+The decode loop only calls ``route`` (P(critical) and the decision); a new
 policy (the trained ONNX router, a budgeted one) is one more subclass and never
 touches the loop.
 """
@@ -17,15 +17,20 @@ class RoutingPolicy(ABC):
     """Decides from one position's features whether the next token is critical."""
 
     name: str = "policy"
-    #: ``wants_cloud`` is ``critical_probability >= threshold`` unless a policy overrides it.
+    #: ``route`` decides ``critical_probability >= threshold`` unless a policy overrides it.
     threshold: float = 0.5
 
     @abstractmethod
     def critical_probability(self, features: TokenFeatures) -> float:
         """P(the next token is critical), in [0, 1]."""
 
+    def route(self, features: TokenFeatures) -> tuple[float, bool]:
+        """P(critical) and whether to ask the cloud, scoring the position once (a router is not free)."""
+        p_critical = self.critical_probability(features)
+        return p_critical, p_critical >= self.threshold
+
     def wants_cloud(self, features: TokenFeatures) -> bool:
-        return self.critical_probability(features) >= self.threshold
+        return self.route(features)[1]
 
     def describe(self) -> str:
         return self.name
@@ -62,8 +67,8 @@ class ConfidencePolicy(RoutingPolicy):
     def critical_probability(self, features: TokenFeatures) -> float:
         return 1.0 - features.top1_prob
 
-    def wants_cloud(self, features: TokenFeatures) -> bool:
-        return features.top1_prob < self.min_top1_prob
+    def route(self, features: TokenFeatures) -> tuple[float, bool]:
+        return 1.0 - features.top1_prob, features.top1_prob < self.min_top1_prob
 
     def describe(self) -> str:
         return f"confidence(top1<{self.min_top1_prob:g})"
@@ -83,8 +88,8 @@ class RandomPolicy(RoutingPolicy):
     def critical_probability(self, features: TokenFeatures) -> float:
         return self.cloud_share
 
-    def wants_cloud(self, features: TokenFeatures) -> bool:
-        return self._rng.random() < self.cloud_share
+    def route(self, features: TokenFeatures) -> tuple[float, bool]:
+        return self.cloud_share, self._rng.random() < self.cloud_share
 
     def describe(self) -> str:
         return f"random(p={self.cloud_share:g})"
