@@ -114,3 +114,29 @@ def test_stdlib_corpus_is_large_and_not_humaneval() -> None:
     assert len(prompts) >= 1000
     humaneval_prompts = {p.prompt for p in load_problems()}
     assert not humaneval_prompts & {p.prompt for p in prompts}
+
+
+def test_report_from_disk_separates_finished_and_unfinished_runs(tmp_path: Path) -> None:
+    from citer_bench.quality import summaries_from_disk
+
+    problems = [Problem(f"HumanEval/{i}", "p", "t", "f") for i in range(4)]
+
+    def write(name: str, policy: str, share: float, passed: list[bool], cloud: int) -> None:
+        rows = [{"task_id": f"HumanEval/{i}", "policy": policy, "target_share": share, "threshold": 0.5,
+                 "passed": ok, "tokens": 10, "cloud_tokens": cloud, "cloud_calls": cloud, "tokens_sent": 0,
+                 "tokens_received": cloud, "probe_top1_mean": 0.2 * i}
+                for i, ok in enumerate(passed)]  # fmt: skip
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("slm-0.00", "slm", 0.0, [True, False, False, False], 0)
+    write("llm-1.00", "llm", 1.0, [True, True, True, False], 10)
+    write("confidence-0.20", "confidence", 0.2, [True, True, False, False], 2)
+    write("random-0.20", "random", 0.2, [True, False], 2)  # interrupted after two problems
+    calibration = {"probe_means": [0.1, 0.3, 0.5, 0.7, 0.9]}
+    finished, unfinished = summaries_from_disk(tmp_path, problems, calibration, [0.2])
+    by_run = {s["run"]: s for s in finished}
+    assert set(by_run) == {"slm-0.00", "llm-1.00", "confidence-0.20", "query-0.20"}
+    assert by_run["confidence-0.20"]["pass_at_1"] == 0.5 and by_run["confidence-0.20"]["cloud_share"] == 0.2
+    [random_row] = unfinished
+    assert random_row["problems"] == 2 and random_row["pass_at_1"] == 0.5
+    assert random_row["slm_pass_at_1_same_problems"] == 0.5 and random_row["llm_pass_at_1_same_problems"] == 1.0

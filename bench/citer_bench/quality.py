@@ -298,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
     parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "humaneval"), help="folder for JSONL, JSON and PNG")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="generate nothing: summarise the runs on disk, "
+        "complete ones in the curves, unfinished ones against the ends on the same problems",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -305,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_problems(args.limit)
     sweep = Sweep(args)
     summaries: list[dict] = []
+    partial: list[dict] = []
+    if args.report:
+        sweep.close()
+        calibration = json.loads((Path(args.out) / "calibration.json").read_text())
+        summaries, partial = summaries_from_disk(Path(args.out), problems, calibration, args.shares)
+        return finish(summaries, partial, args, calibration, sweep)
     try:
         calibration = sweep.calibration()
         with LocalCloud(sweep.llm_path) as cloud:
@@ -330,11 +342,55 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sweep.close()
 
+    return finish(summaries, partial, args, calibration, sweep)
+
+
+def finish(summaries: list[dict], partial: list[dict], args: argparse.Namespace, calibration: dict, sweep) -> int:
     report = build_report(summaries, args, calibration, sweep)
+    report["unfinished_runs"] = partial
     (Path(args.out) / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    for row in partial:
+        print(
+            f"unfinished {row['run']:12} {row['problems']:3d} problems: pass@1 {row['pass_at_1']:.1%} at "
+            f"{row['cloud_share']:.1%} cloud (SLM {row['slm_pass_at_1_same_problems']:.1%}, "
+            f"LLM {row['llm_pass_at_1_same_problems']:.1%} on the same problems)"
+        )
     plot(report, Path(args.out) / "pareto.png")
     return 0
+
+
+def summaries_from_disk(
+    out: Path, problems: list[Problem], calibration: dict, shares: list[float]
+) -> tuple[list[dict], list[dict]]:
+    """Summaries of finished runs, and of unfinished ones with the two ends on the same problems."""
+    wanted = {p.task_id for p in problems}
+
+    def records(name: str) -> list[dict]:
+        return [r for r in read_jsonl(out / f"{name}.jsonl") if r["task_id"] in wanted]
+
+    slm_runs, llm_runs = records("slm-0.00"), records("llm-1.00")
+    if len(slm_runs) < len(wanted) or len(llm_runs) < len(wanted):
+        raise SystemExit("citer-bench: error: the SLM-only and LLM-only runs must be complete to report")
+    summaries = [summarise_run("slm-0.00", "slm", 0.0, slm_runs, None),
+                 summarise_run("llm-1.00", "llm", 1.0, llm_runs, None)]  # fmt: skip
+    partial = []
+    for path in sorted(out.glob("*.jsonl")):
+        run = records(path.stem)
+        if path.stem in ("slm-0.00", "llm-1.00") or not run:
+            continue
+        first = run[0]
+        summary = summarise_run(path.stem, first["policy"], first["target_share"], run, first["threshold"])
+        if len(run) == len(wanted):
+            summaries.append(summary)
+            continue
+        done = {r["task_id"] for r in run}
+        summary["slm_pass_at_1_same_problems"] = sum(r["passed"] for r in slm_runs if r["task_id"] in done) / len(done)
+        summary["llm_pass_at_1_same_problems"] = sum(r["passed"] for r in llm_runs if r["task_id"] in done) / len(done)
+        partial.append(summary)
+    for share in shares:
+        summaries.append(query_level(slm_runs, llm_runs, threshold_for_share(calibration["probe_means"], share), share))
+    return summaries, partial
 
 
 def build_report(summaries: list[dict], args: argparse.Namespace, calibration: dict, sweep: Sweep) -> dict:
