@@ -223,7 +223,7 @@ class CloudSession:
             self.tokens_sent += len(request.append)
             self.tokens_received += len(reply.tokens)
             if self._down:
-                log.warning("cloud at %s is back", self.address)
+                log.info("cloud at %s is back", self.address)
             self._down = False
             self._backoff_s = self._backoff_min_s
             return CloudReply(tokens=list(reply.tokens), logprobs=list(reply.logprobs), finished=reply.finished)
