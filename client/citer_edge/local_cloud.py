@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 from citer_edge.errors import CiterEdgeError
+from citer_protocol import READY_LINE
 
 log = logging.getLogger(__name__)
-
-READY_LINE = "citer-cloud ready on port"  # printed by citer_cloud.server once bound
 
 
 class LocalCloud:

@@ -183,12 +183,6 @@ def list_models() -> list[tuple[ModelSpec, Path | None]]:
     return [(spec, cached_path(alias) if is_cached(alias) else None) for alias, spec in REGISTRY.items()]
 
 
-def remove_partial_downloads() -> None:
-    """Delete leftovers of interrupted pulls (they are never used as models)."""
-    for leftover in cache_dir().glob("*.partial"):
-        leftover.unlink()
-
-
 __all__ = [
     "DEFAULT_LLM",
     "DEFAULT_SLM",

@@ -19,12 +19,9 @@ from citer_cloud.auth import BearerTokenInterceptor
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import SessionManager
-from citer_protocol import pb_grpc
+from citer_protocol import READY_LINE, pb_grpc
 
 log = logging.getLogger(__name__)
-
-#: Printed once the port is bound, so a parent process knows the server is ready (and on which port).
-READY_LINE = "citer-cloud ready on port"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,13 @@ PROTOCOL_VERSION = "citer.v1"
 REASON_KEY = "citer-reason"
 SERVER_LEN_KEY = "citer-server-len"
 
+#: The line ``citer-cloud serve`` prints on stdout once bound, followed by the port: how a parent process
+#: (``citer-edge --local-cloud``) learns that the server is ready and where.
+READY_LINE = "citer-cloud ready on port"
+
 __all__ = [
     "PROTOCOL_VERSION",
+    "READY_LINE",
     "REASON_KEY",
     "SERVER_LEN_KEY",
     "SamplingSettings",
