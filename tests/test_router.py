@@ -13,11 +13,12 @@ from citer_edge import CloudSession, HybridGenerator, LocalModel  # noqa: E402
 from citer_edge.calibration import NEVER  # noqa: E402
 from citer_edge.errors import RouterMismatchError  # noqa: E402
 from citer_edge.features import LOGIT_STAT_NAMES  # noqa: E402
+from citer_edge.policies import CloudPolicy  # noqa: E402
 from citer_edge.router import RouterCard, RouterPolicy  # noqa: E402
 from citer_export.build import build_router  # noqa: E402
 from citer_export.collect import label_prompt  # noqa: E402
 from citer_export.corpus import CodePrompt  # noqa: E402
-from citer_export.dataset import RouterDataset  # noqa: E402
+from citer_export.dataset import RouterDataset, relabel_by_gap  # noqa: E402
 from citer_export.labels import code_outcome, is_critical  # noqa: E402
 from citer_export.onnx_export import PARITY_TOLERANCE  # noqa: E402
 from citer_export.train import TrainConfig, auc  # noqa: E402
@@ -102,9 +103,72 @@ def test_router_for_another_slm_is_refused_clearly(built_router, smol_slm: Local
 def test_collect_labels_every_position_with_router_features(smol_slm: LocalModel, smol_path: Path) -> None:
     with LocalModel(smol_path, n_ctx=1024) as llm:
         done = label_prompt(smol_slm, llm, CodePrompt("t", PROMPT), max_tokens=12, rollout_tokens=8)
-    assert len(done.features) == len(done.labels) > 0
+    assert len(done.features) == len(done.labels) == len(done.llm_tokens) == len(done.routed) > 0
     assert done.features[0].shape == (smol_slm.hidden_size + len(LOGIT_STAT_NAMES),)
-    assert done.shortcuts == len(done.labels) and not any(done.labels)  # same model both sides: no disagreement
+    assert done.features[0].dtype == np.float32
+    # Same model both sides, teacher-forced vs decoded: every position is a shortcut with a zero gap.
+    assert done.shortcuts == len(done.labels) and not any(done.labels) and not any(done.rolled_out)
+    assert max(done.llm_gaps) == 0.0
+
+
+def test_eval_all_scores_each_position_like_stepwise_decoding(smol_path: Path) -> None:
+    """Teacher forcing must give the LLM's view of every prefix, not just the last one."""
+    with LocalModel(smol_path, n_ctx=512) as model:
+        prompt, continuation = model.tokenize(PROMPT), model.tokenize("return a + b\n", add_bos=False)
+        model.sync(prompt)
+        stepwise = [model.logits.copy()]
+        for token in continuation[:-1]:
+            model.eval([token])
+            stepwise.append(model.logits.copy())
+        model.sync(prompt)
+        forced = np.vstack([model.logits[None], model.eval_all(continuation[:-1])])
+        assert model.tokens == prompt + continuation[:-1]
+    assert forced.shape == (len(continuation), model.n_vocab)
+    assert [int(np.argmax(row)) for row in forced] == [int(np.argmax(row)) for row in stepwise]
+    # Batched and single-token kernels round differently (~0.2 on logits of ~25 here): noise, not another position.
+    assert np.max(np.abs(forced - np.vstack(stepwise))) < 0.01 * np.max(np.abs(forced))
+
+
+def test_collect_on_the_default_pair_labels_disagreements(qwen_slm_path: Path, qwen_llm_path: Path) -> None:
+    """Real SLM vs LLM: the teacher-forced LLM view must match its own decoding where it is routed to."""
+    prompt = CodePrompt("t", 'def median(values):\n    """Return the median of a list of numbers."""\n')
+    with LocalModel(qwen_slm_path, n_ctx=1024) as slm, LocalModel(qwen_llm_path, n_ctx=1024) as llm:
+        own = label_prompt(slm, llm, prompt, max_tokens=24)
+        gaps = np.array(own.llm_gaps)
+        differ = np.array(own.slm_tokens) != np.array(own.llm_tokens)
+        assert (gaps[~differ] == 0).all() and (gaps[differ] > 0).all()
+        assert own.labels == [int(d and g > 1.0) for d, g in zip(differ, gaps, strict=True)]
+        # A router that routes every position makes the trajectory the LLM's own greedy text.
+        followed = label_prompt(slm, llm, prompt, max_tokens=24, router=CloudPolicy())
+        assert all(followed.routed)
+        llm.sync(llm.tokenize(prompt.prompt))
+        greedy = []
+        for _ in followed.llm_tokens[:-1]:
+            greedy.append(int(np.argmax(llm.logits)))
+            llm.eval([greedy[-1]])
+        assert followed.llm_tokens[: len(greedy)] == greedy
+
+
+def test_relabelling_by_gap_keeps_rollout_decisions() -> None:
+    extras = {
+        "slm_token": np.array([1, 2, 3, 4]),
+        "llm_token": np.array([1, 5, 6, 7]),
+        "llm_gap": np.array([0.0, 0.5, 2.0, 3.0], dtype=np.float32),
+        "rolled_out": np.array([False, False, False, True]),
+    }
+    rows = np.zeros((4, 5), dtype=np.float32)
+    dataset = RouterDataset(rows, np.array([0, 0, 0, 0], np.uint8), np.zeros(4, np.int32), np.arange(4), {}, extras)
+    assert relabel_by_gap(dataset, 1.0).labels.tolist() == [0, 0, 1, 0]  # the rollout said "same code" at row 3
+    assert relabel_by_gap(dataset, 0.0).labels.tolist() == [0, 1, 1, 0]
+
+
+def test_dataset_round_trips_extra_columns(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(8, n_prompts=3, per_prompt=4)
+    dataset.extras = {"llm_gap": np.arange(12, dtype=np.float32)}
+    loaded = RouterDataset.load(dataset.save(tmp_path / "d.npz"))
+    assert loaded.extras["llm_gap"].tolist() == list(range(12))
+    joined = RouterDataset.concat([loaded, loaded])
+    assert len(joined.extras["llm_gap"]) == 24 and joined.groups.max() == 5
 
 
 def test_auc_matches_definition() -> None:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from tqdm import tqdm
 
 from citer_bench.curves import apgr, cpt
@@ -53,6 +54,7 @@ from citer_protocol import pb, pb_grpc
 
 log = logging.getLogger("citer_bench.quality")
 
+COMPARISON_SHARES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
 PROBE_TOKENS = 16  # query-level routing looks at the SLM's first 16 tokens
 TOKEN_POLICIES = ("random", "confidence")
 
@@ -63,10 +65,15 @@ class RunSpec:
     target_share: float
     threshold: float | None = None  # confidence cut, random probability or router P(critical) cut
     router: str | None = None  # router.onnx, for policy "router"
+    label: str | None = None  # the curve's name where one policy is swept twice (two router rounds)
+
+    @property
+    def curve(self) -> str:
+        return self.label or self.policy
 
     @property
     def name(self) -> str:
-        return f"{self.policy}-{self.target_share:.2f}"
+        return f"{self.curve}-{self.target_share:.2f}"
 
     def make_policy(self, hidden_size: int) -> RoutingPolicy:
         if self.policy == "slm":
@@ -291,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm", default=DEFAULT_LLM)
     parser.add_argument("--limit", type=int, default=None, help="first N HumanEval problems (default: all 164)")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5], help="target cloud shares")
-    parser.add_argument("--policies", nargs="+", default=["random", "confidence", "query"],
+    parser.add_argument("--policies", nargs="*", default=["random", "confidence", "query"],
                         choices=["random", "confidence", "query"], help="policies between the two ends")  # fmt: skip
     parser.add_argument("--router", help="a trained router.onnx to sweep too (its card's calibration sets the cuts)")
+    parser.add_argument("--router-name", default="router", help="its curve's name, e.g. router-r1 for a first round")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
     parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
@@ -336,9 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                     summaries.append(summarise_run(spec.name, policy, share, records, threshold))
                 if args.router:
                     cut = RouterCard.load(Path(args.router).with_suffix(".json")).threshold_for_share(share)
-                    spec = RunSpec("router", share, cut, router=str(Path(args.router).resolve()))
+                    router = str(Path(args.router).resolve())
+                    spec = RunSpec("router", share, cut, router=router, label=args.router_name)
                     records = sweep.run(spec, problems, cloud.address)
-                    summaries.append(summarise_run(spec.name, "router", share, records, cut))
+                    summaries.append(summarise_run(spec.name, spec.curve, share, records, cut))
     finally:
         sweep.close()
 
@@ -380,7 +389,8 @@ def summaries_from_disk(
         if path.stem in ("slm-0.00", "llm-1.00") or not run:
             continue
         first = run[0]
-        summary = summarise_run(path.stem, first["policy"], first["target_share"], run, first["threshold"])
+        curve = first.get("label") or first["policy"]
+        summary = summarise_run(path.stem, curve, first["target_share"], run, first["threshold"])
         if len(run) == len(wanted):
             summaries.append(summary)
             continue
@@ -404,6 +414,7 @@ def build_report(summaries: list[dict], args: argparse.Namespace, calibration: d
             if llm != slm
             else {"note": "SLM-only and LLM-only tie on this subset: no gap to recover"}
         )
+        per_policy[policy]["pass_at_share"] = pass_at_shares(points, slm, llm)
     return {
         "benchmark": "humaneval-quality-vs-share",
         "machine": machine_description(),
@@ -424,6 +435,17 @@ def build_report(summaries: list[dict], args: argparse.Namespace, calibration: d
         "runs": summaries,
         "policies": per_policy,
     }
+
+
+def pass_at_shares(points: list[tuple[float, float]], slm: float, llm: float) -> dict[str, float]:
+    """pass@1 read off the curve at fixed shares, linear between measured points (ends included).
+
+    Achieved shares never land exactly on the targets, so comparing policies
+    "at 20 % cloud" needs this reading rather than the runs' nominal targets.
+    """
+    curve = sorted([(0.0, slm), *points, (1.0, llm)])
+    shares, passes = [x for x, _ in curve], [y for _, y in curve]
+    return {f"{share:.2f}": float(np.interp(share, shares, passes)) for share in COMPARISON_SHARES}
 
 
 def print_table(report: dict) -> None:

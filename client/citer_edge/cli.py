@@ -22,7 +22,7 @@ from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
 from citer_edge.errors import CiterEdgeError
 from citer_edge.local_cloud import LocalCloud
 from citer_edge.policies import POLICY_NAMES, make_policy
-from citer_edge.router import RouterPolicy
+from citer_edge.router import RouterPolicy, default_policy
 from citer_edge.slm import LocalModel
 from citer_protocol import SamplingSettings
 
@@ -57,9 +57,10 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     routing = parser.add_argument_group("routing and sampling")
     routing.add_argument(
         "--policy",
-        choices=(*POLICY_NAMES, "router"),
-        default=_env("POLICY", "confidence"),
-        help="routing policy [CITER_EDGE_POLICY]",
+        choices=("auto", *POLICY_NAMES, "router"),
+        default=_env("POLICY", "auto"),
+        help="routing policy; auto = the router shipped for this SLM at --cloud-share if there is one, "
+        "else confidence at --threshold [CITER_EDGE_POLICY]",
     )
     routing.add_argument(
         "--threshold",
@@ -143,6 +144,10 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
             if not args.router:
                 raise CiterEdgeError("--policy router needs --router PATH (a router.onnx with its router.json)")
             policy = RouterPolicy.load(args.router, slm.hidden_size, cloud_share=args.cloud_share)
+        elif args.policy == "auto":
+            fallback = make_policy("confidence", args.threshold)
+            policy = default_policy(slm_path.name, slm.hidden_size, args.cloud_share, fallback)
+            log.info("routing policy: %s", policy.describe())
         else:
             policy = make_policy(args.policy, args.threshold, seed=args.seed)
         address = args.cloud

@@ -135,3 +135,22 @@ class RouterPolicy(RoutingPolicy):
     def describe(self) -> str:
         target = f"share={self.cloud_share:g}, " if self.cloud_share is not None else ""
         return f"router({target}p>={self.threshold:.3g})"
+
+
+#: Routers trained for the registry's SLMs ship inside the package: ``<name>.onnx`` beside ``<name>.json``.
+SHIPPED_DIR = Path(__file__).parent / "routers"
+
+
+def shipped_router(slm_file: str, hidden_size: int) -> Path | None:
+    """The packaged router trained for this SLM, matched on the GGUF file name and hidden size; None if none."""
+    for card_path in sorted(SHIPPED_DIR.glob("*.json")):
+        card = RouterCard.load(card_path)
+        if card.slm == slm_file and card.hidden_size == hidden_size and card_path.with_suffix(".onnx").is_file():
+            return card_path.with_suffix(".onnx")
+    return None
+
+
+def default_policy(slm_file: str, hidden_size: int, cloud_share: float, fallback: RoutingPolicy) -> RoutingPolicy:
+    """The shipped router at ``cloud_share`` where one fits this SLM, else ``fallback`` (the confidence rule)."""
+    path = shipped_router(slm_file, hidden_size)
+    return RouterPolicy.load(path, hidden_size, cloud_share=cloud_share) if path else fallback

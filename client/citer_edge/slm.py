@@ -159,6 +159,34 @@ class LocalModel:
                 llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
         self._decode([tokens[-1]], read_state=True)
 
+    def eval_all(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` and return the next-token logits after *each* of them, ``[len(tokens), n_vocab]``.
+
+        Teacher forcing: one batched pass scores a whole known continuation,
+        which is how label collection reads the LLM's choice at every position
+        of an SLM trajectory without decoding token by token. No hidden states
+        are read (``hidden`` is unavailable afterwards; ``logits`` is the last row).
+        """
+        if not tokens:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        if len(self._tokens) + len(tokens) > self.n_ctx:
+            raise ContextFullError(
+                f"context full: {len(self._tokens)} + {len(tokens)} tokens exceed the window of {self.n_ctx}"
+            )
+        rows = []
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
+        try:
+            for start in range(0, len(tokens), self.prefill_batch):
+                chunk = list(tokens[start : start + self.prefill_batch])
+                self._decode(chunk, read_state=False, all_logits=True)
+                logits = llama_cpp.llama_get_logits(self._ctx.ctx)
+                rows.append(np.ctypeslib.as_array(logits, shape=(len(chunk), self.n_vocab)).copy())
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
+        scores = np.concatenate(rows)
+        self._logits = scores[-1]
+        return scores
+
     def sync(self, tokens: Sequence[int]) -> int:
         """Make the context equal ``tokens``, reusing the longest common prefix; return how many were reused."""
         reused = common_prefix_len(self._tokens, tokens)
@@ -182,7 +210,7 @@ class LocalModel:
     def reset(self) -> None:
         self.rollback(0)
 
-    def _decode(self, chunk: list[int], read_state: bool) -> None:
+    def _decode(self, chunk: list[int], read_state: bool, all_logits: bool = False) -> None:
         batch = self._batch
         start = len(self._tokens)
         batch.n_tokens = len(chunk)
@@ -191,7 +219,7 @@ class LocalModel:
             batch.pos[i] = start + i
             batch.seq_id[i][0] = 0
             batch.n_seq_id[i] = 1
-            batch.logits[i] = i == len(chunk) - 1
+            batch.logits[i] = all_logits or i == len(chunk) - 1
         status = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             self._ctx.kv_cache_seq_rm(0, start, -1)

@@ -17,6 +17,7 @@ from citer_export.train import TrainConfig, auc, predict, train_router
 
 log = logging.getLogger(__name__)
 
+CURVE_SHARES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 CALIBRATION_SHARES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
@@ -32,6 +33,8 @@ class BuildReport:
     int8_val_auc: float | None
     positions: int
     critical_share: float
+    confidence_val_auc: float  # the baseline the router must beat: rank by low SLM top-1 probability
+    heldout_curve: list[dict[str, float]]  # per share: critical positions caught by router vs confidence
 
 
 def build_router(
@@ -52,12 +55,19 @@ def build_router(
     val_x = dataset.features[result.val_mask] if result.val_mask.any() else dataset.features
     val_scores = predict(result.model, val_x)
     calibration = tuple((share, cut_for_share(val_scores, share)) for share in CALIBRATION_SHARES)
+    val_y = dataset.labels[result.val_mask] if result.val_mask.any() else dataset.labels
+    confidence_scores = -val_x[:, -len(LOGIT_STAT_NAMES)]  # low top-1 probability first
+    curve = [
+        {"share": share, "router": caught_at_share(val_scores, val_y, share),
+         "confidence": caught_at_share(confidence_scores, val_y, share)}
+        for share in CURVE_SHARES
+    ]  # fmt: skip
+    confidence_auc = auc(confidence_scores, val_y)
 
     int8_path = int8_diff = int8_auc = None
     if quantize:
         int8_path = quantize_int8(model_path, out_dir / f"{name}.int8.onnx")
         int8_diff = float(np.max(np.abs(onnx_predict(int8_path, sample) - onnx_predict(model_path, sample))))
-        val_y = dataset.labels[result.val_mask]
         int8_auc = auc(onnx_predict(int8_path, val_x), val_y) if result.val_mask.any() else None
 
     card = RouterCard(
@@ -74,6 +84,8 @@ def build_router(
             "parity_max_abs_diff": parity,
             "int8_max_abs_diff": int8_diff,
             "int8_val_auc": int8_auc,
+            "confidence_val_auc": confidence_auc,
+            "heldout_curve": curve,
         },  # fmt: skip
     )
     card_path = out_dir / f"{name}.json"
@@ -89,4 +101,15 @@ def build_router(
         int8_val_auc=int8_auc,
         positions=len(dataset.labels),
         critical_share=float(dataset.labels.mean()),
+        confidence_val_auc=confidence_auc,
+        heldout_curve=curve,
     )
+
+
+def caught_at_share(scores: np.ndarray, labels: np.ndarray, share: float) -> float:
+    """Of the critical positions, the fraction among the top ``share`` of scores: what routing there would fix."""
+    if not labels.any():
+        return float("nan")
+    k = int(round(share * len(scores)))
+    chosen = np.argsort(-scores, kind="stable")[:k]
+    return float(labels[chosen].sum() / labels.sum())

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from citer_export.build import build_router
-from citer_export.dataset import RouterDataset
+from citer_export.dataset import RouterDataset, relabel_by_gap
 from citer_export.train import TrainConfig
 
 
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--int8", action="store_true", help="also write an int8-quantised model and its accuracy delta")
+    train.add_argument("--gap", type=float, help="re-derive rollout-free labels with this LLM log-prob gap (nats)")
     collect = sub.add_parser("collect", help="label SLM positions against the LLM (CITER shortcut + rollouts)")
     from citer_export.collect import add_arguments
 
@@ -35,11 +36,21 @@ def main(argv: list[str] | None = None) -> int:
         from citer_export.collect import run
 
         return run(args)
-    dataset = RouterDataset.concat([RouterDataset.load(path) for path in args.datasets])
+    dataset = RouterDataset.concat([RouterDataset.load(path) for path in _expand(args.datasets)])
+    if args.gap is not None:
+        dataset = relabel_by_gap(dataset, args.gap)
     config = TrainConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
     report = build_router(dataset, args.out, config, quantize=args.int8)
     print(json.dumps(asdict(report), indent=2))
     return 0
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Folders stand for the chunk files inside them."""
+    files = [f for p in paths for f in (sorted(p.glob("*.npz")) if p.is_dir() else [p])]
+    if not files:
+        raise SystemExit("citer-export: error: no .npz datasets found in " + " ".join(map(str, paths)))
+    return files
 
 
 if __name__ == "__main__":

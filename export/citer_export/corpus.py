@@ -70,3 +70,10 @@ def sample_prompts(prompts: list[CodePrompt], n: int, seed: int = 0) -> list[Cod
     rng = random.Random(seed)
     chosen = rng.sample(prompts, min(n, len(prompts)))
     return sorted(chosen, key=lambda p: p.prompt_id)
+
+
+def shuffled_prompts(prompts: list[CodePrompt], seed: int) -> list[CodePrompt]:
+    """The corpus in a fixed random order, so any slice of it spans many modules (collection rounds take slices)."""
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    return order

@@ -2,7 +2,9 @@
 
 Rows are positions: ``features`` (the SLM's router input, float32),
 ``labels`` (1 = critical), ``groups`` (which prompt, for honest validation
-splits) and ``positions``. Metadata (models, label rule, counts) is stored as
+splits) and ``positions``; ``extras`` holds per-row columns a collection run
+adds (the models' tokens, the LLM's log-prob gap, ...) so labels can be
+re-derived under another rule without collecting again. Metadata (models, label rule, counts) is stored as
 a JSON string in the same file.
 """
 
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from citer_export.labels import gap_labels
+
+EXTRA_PREFIX = "extra_"
+
 
 @dataclass
 class RouterDataset:
@@ -22,11 +28,15 @@ class RouterDataset:
     groups: np.ndarray  # [n] int32, prompt index
     positions: np.ndarray  # [n] int32, token index within the completion
     meta: dict = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.features)
         if not (len(self.labels) == len(self.groups) == len(self.positions) == n):
             raise ValueError("features, labels, groups and positions must have one row per position")
+        for name, column in self.extras.items():
+            if len(column) != n:
+                raise ValueError(f"extra column {name!r} has {len(column)} rows, expected {n}")
 
     def save(self, path: Path) -> Path:
         np.savez_compressed(
@@ -36,19 +46,27 @@ class RouterDataset:
             groups=self.groups.astype(np.int32),
             positions=self.positions.astype(np.int32),
             meta=np.array(json.dumps(self.meta)),
+            **{EXTRA_PREFIX + name: column for name, column in self.extras.items()},
         )
         return path
 
     @classmethod
     def load(cls, path: Path) -> RouterDataset:
         with np.load(path) as data:
+            extras = {key[len(EXTRA_PREFIX) :]: data[key] for key in data.files if key.startswith(EXTRA_PREFIX)}
             return cls(
-                data["features"], data["labels"], data["groups"], data["positions"], json.loads(str(data["meta"]))
+                data["features"],
+                data["labels"],
+                data["groups"],
+                data["positions"],
+                json.loads(str(data["meta"])),
+                extras,
             )
 
     @classmethod
     def concat(cls, parts: list[RouterDataset]) -> RouterDataset:
         """Join runs; group ids are offset so prompts from different files never merge."""
+        shared = set.intersection(*(set(p.extras) for p in parts)) if parts else set()
         offset, groups = 0, []
         for part in parts:
             groups.append(part.groups + offset)
@@ -59,4 +77,17 @@ class RouterDataset:
             np.concatenate(groups),
             np.concatenate([p.positions for p in parts]),
             {"parts": [p.meta for p in parts]},
+            {name: np.concatenate([p.extras[name] for p in parts]) for name in shared},
         )
+
+
+def relabel_by_gap(dataset: RouterDataset, gap: float) -> RouterDataset:
+    """The same rows with labels re-derived by the gap rule where no rollout decided them."""
+    needed = {"slm_token", "llm_token", "llm_gap"}
+    if not needed <= set(dataset.extras):
+        raise ValueError(f"relabelling needs the extra columns {sorted(needed)}; collect the data again")
+    labels = gap_labels(dataset.extras["slm_token"], dataset.extras["llm_token"], dataset.extras["llm_gap"], gap)
+    rolled = dataset.extras.get("rolled_out", np.zeros(len(labels), dtype=bool)).astype(bool)
+    labels[rolled] = dataset.labels[rolled]
+    meta = {**dataset.meta, "relabelled_gap": gap}
+    return RouterDataset(dataset.features, labels, dataset.groups, dataset.positions, meta, dataset.extras)

@@ -13,6 +13,8 @@ import io
 import tokenize
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class CodeOutcome:
@@ -53,3 +55,13 @@ def is_critical(slm_token: int, llm_token: int, slm_branch: CodeOutcome | None, 
     if slm_branch.compiles and not llm_branch.compiles:
         return False  # the SLM's road is the better one
     return True
+
+
+def gap_labels(slm_tokens: np.ndarray, llm_tokens: np.ndarray, llm_gap: np.ndarray, gap: float) -> np.ndarray:
+    """The cheap rule for positions without rollouts: critical where tokens differ and the LLM's gap exceeds ``gap``.
+
+    ``llm_gap`` is log p_LLM(LLM's token) - log p_LLM(SLM's token) in nats. A
+    near-tie means the LLM itself would as soon write the SLM's token, so
+    routing there buys little; a large gap is the LLM saying "not that".
+    """
+    return ((slm_tokens != llm_tokens) & (llm_gap > gap)).astype(np.uint8)
