@@ -129,6 +129,7 @@ def test_eval_all_scores_each_position_like_stepwise_decoding(smol_path: Path) -
     assert np.max(np.abs(forced - np.vstack(stepwise))) < 0.01 * np.max(np.abs(forced))
 
 
+@pytest.mark.qwen
 def test_collect_on_the_default_pair_labels_disagreements(qwen_slm_path: Path, qwen_llm_path: Path) -> None:
     """Real SLM vs LLM: the teacher-forced LLM view must match its own decoding where it is routed to."""
     prompt = CodePrompt("t", 'def median(values):\n    """Return the median of a list of numbers."""\n')
@@ -192,3 +193,21 @@ def test_cli_router_policy_errors_are_one_line(smol_path: Path, tmp_path: Path) 
     assert result.stderr.strip() == (
         f"citer-edge: error: router file not found: {missing} (a router is a .onnx with its .json card)"
     )
+
+
+def test_train_cli_calibrates_on_the_latest_round_only(tmp_path: Path) -> None:
+    from citer_export.cli import main
+
+    first, second = tmp_path / "r1.npz", tmp_path / "r2.npz"
+    synthetic_dataset(16, n_prompts=40, per_prompt=20, seed=1).save(first)
+    late = synthetic_dataset(16, n_prompts=40, per_prompt=20, seed=2)
+    late.features[:, -3] = np.clip(late.features[:, -3] + 0.2, 0, 1)  # the later round's SLM is more confident
+    late.save(second)
+    out = tmp_path / "router"
+    args = ["train", str(first), str(second), "--out", str(out), "--hidden", "8", "--epochs", "3", "--name", "r"]
+    assert main([*args, "--calibrate-on", str(second)]) == 0
+    card = RouterCard.load(out / "r.json")
+    assert 0 < card.metrics["calibration_rows"] < 0.5 * 2 * 800  # held-out rows of round 2 only
+    assert card.slm == "synthetic" and card.training["data"]["rounds"]["None"]["chunks"] == 2  # provenance summed
+    with pytest.raises(SystemExit, match="must also be among the training datasets"):
+        main([*args, "--calibrate-on", str(tmp_path / "elsewhere.npz")])

@@ -4,6 +4,10 @@ The router must be cheap next to the SLM step it rides on (target: ≤ 2 % of
 the SLM's per-token time). Timings are taken on a real decode of a fixed
 prompt, one token at a time, with the SLM's KV cache cleared first.
 
+Policies timed include the router shipped for the SLM (and any ``--router``);
+``route()`` is what the decode loop calls, so the ONNX session run and the
+feature-row copy are both inside the number.
+
     citer-bench overhead --slm qwen2.5-coder-0.5b --tokens 200
 """
 
@@ -13,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +27,7 @@ from citer_edge.chat import Conversation
 from citer_edge.features import extract_features
 from citer_edge.models import DEFAULT_SLM, resolve_model
 from citer_edge.policies import ConfidencePolicy, RandomPolicy, RoutingPolicy
+from citer_edge.router import RouterPolicy, shipped_router
 from citer_export.corpus import SPEED_PROMPTS
 from citer_protocol import sample_token
 
@@ -81,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slm", default=DEFAULT_SLM)
     parser.add_argument("--tokens", type=int, default=200, help="decode steps to time")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--router", action="append", default=[],
+                        help="another router.onnx to time (repeatable; the shipped one is always timed)")  # fmt: skip
     parser.add_argument("--name", default="overhead", help="result file name under bench/results/")
     args = parser.parse_args(argv)
     slm_path = resolve_model(args.slm)
     policies: dict[str, RoutingPolicy] = {"confidence": ConfidencePolicy(0.6), "random": RandomPolicy(0.2)}
     with LocalModel(slm_path, n_threads=args.threads) as slm:
+        shipped = shipped_router(slm_path.name, slm.hidden_size)
+        for path in [*([shipped] if shipped else []), *map(Path, args.router)]:
+            name = "router" if path == shipped else f"router:{path.stem}"
+            policies[name] = RouterPolicy.load(path, slm.hidden_size, cloud_share=0.2)
         result = measure(slm, policies, args.tokens)
     print(f"SLM step          {result['slm_step']['mean_ms']:8.3f} ms/token")
     print(f"features          {result['feature_extraction']['mean_ms']:8.3f} ms "

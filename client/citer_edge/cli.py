@@ -256,6 +256,7 @@ def run_generate(args: argparse.Namespace) -> int:
         json.dump(
             {
                 "text": text,
+                "policy": runtime.generator.policy.describe(),
                 "token_ids": stream.token_ids,
                 "sources": stream.sources,
                 "routing": {"slm": summary.tokens - summary.cloud_tokens, "llm": summary.cloud_tokens},

@@ -38,8 +38,19 @@ class BuildReport:
 
 
 def build_router(
-    dataset: RouterDataset, out_dir: Path, config: TrainConfig, quantize: bool = False, name: str = "router"
+    dataset: RouterDataset,
+    out_dir: Path,
+    config: TrainConfig,
+    quantize: bool = False,
+    name: str = "router",
+    calibration_rows: np.ndarray | None = None,
 ) -> BuildReport:
+    """Train on ``dataset`` and write ``<name>.onnx`` + ``<name>.json``.
+
+    The calibration table is fitted on held-out prompts, restricted to
+    ``calibration_rows`` when given (e.g. the latest round's router-driven
+    trajectories, whose score distribution is the one met at run time).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     hidden_size = dataset.features.shape[1] - len(LOGIT_STAT_NAMES)
     result = train_router(dataset.features, dataset.labels, dataset.groups, config)
@@ -54,7 +65,13 @@ def build_router(
     # Calibrate on held-out prompts: the share a threshold yields on data the router never saw.
     val_x = dataset.features[result.val_mask] if result.val_mask.any() else dataset.features
     val_scores = predict(result.model, val_x)
-    calibration = tuple((share, cut_for_share(val_scores, share)) for share in CALIBRATION_SHARES)
+    calibration_scores = val_scores
+    if calibration_rows is not None:
+        held_out = calibration_rows[result.val_mask] if result.val_mask.any() else calibration_rows
+        if not held_out.any():
+            raise ValueError("no held-out rows to calibrate on: give more prompts or another seed")
+        calibration_scores = val_scores[held_out]
+    calibration = tuple((share, cut_for_share(calibration_scores, share)) for share in CALIBRATION_SHARES)
     val_y = dataset.labels[result.val_mask] if result.val_mask.any() else dataset.labels
     confidence_scores = -val_x[:, -len(LOGIT_STAT_NAMES)]  # low top-1 probability first
     curve = [
@@ -86,6 +103,7 @@ def build_router(
             "int8_val_auc": int8_auc,
             "confidence_val_auc": confidence_auc,
             "heldout_curve": curve,
+            "calibration_rows": int(len(calibration_scores)),
         },  # fmt: skip
     )
     card_path = out_dir / f"{name}.json"

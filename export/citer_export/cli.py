@@ -9,6 +9,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from citer_export.build import build_router
 from citer_export.dataset import RouterDataset, relabel_by_gap
 from citer_export.train import TrainConfig
@@ -20,11 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train, export to ONNX, check parity, calibrate and write the card")
     train.add_argument("datasets", nargs="+", type=Path, help=".npz files from `citer-export collect`")
     train.add_argument("--out", type=Path, required=True, help="folder for router.onnx and router.json")
-    train.add_argument("--hidden", type=int, default=256)
+    train.add_argument("--hidden", type=int, default=TrainConfig.hidden)
+    train.add_argument("--dropout", type=float, default=TrainConfig.dropout)
+    train.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--int8", action="store_true", help="also write an int8-quantised model and its accuracy delta")
     train.add_argument("--gap", type=float, help="re-derive rollout-free labels with this LLM log-prob gap (nats)")
+    train.add_argument("--name", default="router", help="file stem: <out>/<name>.onnx and <out>/<name>.json")
+    train.add_argument("--calibrate-on", nargs="+", type=Path, default=[],
+                       help="fit the share→threshold table on these datasets' held-out prompts only "
+                            "(the latest round: trajectories closest to how the router will run)")  # fmt: skip
     collect = sub.add_parser("collect", help="label SLM positions against the LLM (CITER shortcut + rollouts)")
     from citer_export.collect import add_arguments
 
@@ -36,11 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         from citer_export.collect import run
 
         return run(args)
-    dataset = RouterDataset.concat([RouterDataset.load(path) for path in _expand(args.datasets)])
+    files = _expand(args.datasets)
+    parts = [RouterDataset.load(path) for path in files]
+    dataset = RouterDataset.concat(parts)
     if args.gap is not None:
         dataset = relabel_by_gap(dataset, args.gap)
-    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
-    report = build_router(dataset, args.out, config, quantize=args.int8)
+    calibration_rows = None
+    if args.calibrate_on:
+        chosen = {path.resolve() for path in _expand(args.calibrate_on)}
+        if not chosen <= {path.resolve() for path in files}:
+            raise SystemExit("citer-export: error: --calibrate-on datasets must also be among the training datasets")
+        calibration_rows = np.concatenate([np.full(len(part.labels), path.resolve() in chosen)
+                                           for path, part in zip(files, parts, strict=True)])  # fmt: skip
+    config = TrainConfig(hidden=args.hidden, dropout=args.dropout, weight_decay=args.weight_decay,
+                         epochs=args.epochs, seed=args.seed)  # fmt: skip
+    report = build_router(dataset, args.out, config, quantize=args.int8, name=args.name,
+                          calibration_rows=calibration_rows)  # fmt: skip
     print(json.dumps(asdict(report), indent=2))
     return 0
 

@@ -76,7 +76,7 @@ class RouterDataset:
             np.concatenate([p.labels for p in parts]),
             np.concatenate(groups),
             np.concatenate([p.positions for p in parts]),
-            {"parts": [p.meta for p in parts]},
+            summarize_meta([p.meta for p in parts]),
             {name: np.concatenate([p.extras[name] for p in parts]) for name in shared},
         )
 
@@ -91,3 +91,27 @@ def relabel_by_gap(dataset: RouterDataset, gap: float) -> RouterDataset:
     labels[rolled] = dataset.labels[rolled]
     meta = {**dataset.meta, "relabelled_gap": gap}
     return RouterDataset(dataset.features, labels, dataset.groups, dataset.positions, meta, dataset.extras)
+
+
+COUNTS: tuple[str, ...] = ("positions", "shortcuts", "rollouts", "routed", "seconds")
+
+
+def summarize_meta(metas: list[dict]) -> dict:
+    """One provenance record for many chunk files: shared settings once, counts summed per collection round.
+
+    A round is identified by the router that drove its trajectories (None for round 1).
+    """
+    first = metas[0] if metas else {}
+    shared = {k: v for k, v in first.items() if k not in COUNTS and all(m.get(k) == v for m in metas)}
+    shared.pop("prompts", None)
+    rounds: dict[str, dict] = {}
+    for meta in metas:
+        key = str(meta.get("router"))
+        entry = rounds.setdefault(key, {"chunks": 0, "prompts": 0, **{k: 0 for k in COUNTS},
+                                        "gap": meta.get("gap"), "rollout_tokens": meta.get("rollout_tokens"),
+                                        "cloud_share": meta.get("cloud_share")})  # fmt: skip
+        entry["chunks"] += 1
+        entry["prompts"] += len(meta.get("prompts", []))
+        for k in COUNTS:
+            entry[k] += meta.get(k, 0) or 0
+    return {**shared, "rounds": rounds}

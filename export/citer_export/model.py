@@ -2,7 +2,7 @@
 
 The linear path makes the confidence baseline easy to learn (the router must
 never do worse than it); the MLP adds what the hidden state knows, behind
-input dropout so it does not memorise the ~900 hidden dimensions. Feature
+dropout so it does not memorise the ~900 hidden dimensions. Feature
 standardisation lives inside the model (as buffers), so the exported ONNX
 graph takes raw features and the client needs no preprocessing step.
 """
