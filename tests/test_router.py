@@ -208,6 +208,26 @@ def test_train_cli_calibrates_on_the_latest_round_only(tmp_path: Path) -> None:
     assert main([*args, "--calibrate-on", str(second)]) == 0
     card = RouterCard.load(out / "r.json")
     assert 0 < card.metrics["calibration_rows"] < 0.5 * 2 * 800  # held-out rows of round 2 only
-    assert card.slm == "synthetic" and card.training["data"]["rounds"]["None"]["chunks"] == 2  # provenance summed
+    assert card.slm == "synthetic" and card.training["data"]["rounds"]["slm"]["chunks"] == 2  # provenance summed
     with pytest.raises(SystemExit, match="must also be among the training datasets"):
         main([*args, "--calibrate-on", str(tmp_path / "elsewhere.npz")])
+
+
+def test_stats_compare_the_gap_rule_with_rollout_verdicts() -> None:
+    from citer_export.stats import dataset_stats
+
+    extras = {
+        "slm_token": np.array([1, 2, 3, 4, 5]),
+        "llm_token": np.array([1, 6, 7, 8, 5]),
+        "llm_gap": np.array([0.0, 2.0, 2.0, 0.3, 0.0], dtype=np.float32),
+        "rolled_out": np.array([False, True, True, True, False]),
+        "routed": np.array([False, True, False, False, False]),
+    }
+    labels = np.array([0, 1, 0, 1, 0], np.uint8)  # rollouts: critical, same code, critical
+    dataset = RouterDataset(np.zeros((5, 4), np.float32), labels, np.array([0, 0, 1, 1, 1]), np.arange(5), {}, extras)
+    stats = dataset_stats(dataset, gap=1.0)
+    assert stats["shortcut_share"] == pytest.approx(0.4) and stats["disagreement_share"] == pytest.approx(0.6)
+    assert stats["routed_share"] == pytest.approx(0.2) and stats["rolled_out"] == 3 and stats["prompts"] == 2
+    versus = stats["gap_rule_vs_rollouts"]
+    assert (versus["both_critical"], versus["gap_only"], versus["rollout_only"], versus["neither"]) == (1, 1, 1, 0)
+    assert versus["agreement"] == pytest.approx(1 / 3)

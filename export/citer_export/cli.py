@@ -13,6 +13,7 @@ import numpy as np
 
 from citer_export.build import build_router
 from citer_export.dataset import RouterDataset, relabel_by_gap
+from citer_export.stats import dataset_stats
 from citer_export.train import TrainConfig
 
 
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--calibrate-on", nargs="+", type=Path, default=[],
                        help="fit the share→threshold table on these datasets' held-out prompts only "
                             "(the latest round: trajectories closest to how the router will run)")  # fmt: skip
+    stats = sub.add_parser("stats", help="how datasets were labelled, per round; gap rule vs rollouts where both exist")
+    stats.add_argument("datasets", nargs="+", type=Path, help=".npz files or folders of them")
+    stats.add_argument("--gap", type=float, default=1.0, help="the gap rule to compare with rollout labels (nats)")
     collect = sub.add_parser("collect", help="label SLM positions against the LLM (CITER shortcut + rollouts)")
     from citer_export.collect import add_arguments
 
@@ -44,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         from citer_export.collect import run
 
         return run(args)
+    if args.command == "stats":
+        report = {str(path): dataset_stats(RouterDataset.concat([RouterDataset.load(f) for f in _expand([path])]),
+                                           args.gap) for path in args.datasets}  # fmt: skip
+        print(json.dumps(report, indent=2))
+        return 0
     files = _expand(args.datasets)
     parts = [RouterDataset.load(path) for path in files]
     dataset = RouterDataset.concat(parts)

@@ -99,14 +99,15 @@ COUNTS: tuple[str, ...] = ("positions", "shortcuts", "rollouts", "routed", "seco
 def summarize_meta(metas: list[dict]) -> dict:
     """One provenance record for many chunk files: shared settings once, counts summed per collection round.
 
-    A round is identified by the router that drove its trajectories (None for round 1).
+    A round is named by the router that drove its trajectories ("slm" for round 1: the SLM's own).
     """
     first = metas[0] if metas else {}
     shared = {k: v for k, v in first.items() if k not in COUNTS and all(m.get(k) == v for m in metas)}
     shared.pop("prompts", None)
     rounds: dict[str, dict] = {}
     for meta in metas:
-        key = str(meta.get("router"))
+        router = meta.get("router")
+        key = "/".join(Path(router).parts[-2:]) if router else "slm"  # the driving router, without local folders
         entry = rounds.setdefault(key, {"chunks": 0, "prompts": 0, **{k: 0 for k in COUNTS},
                                         "gap": meta.get("gap"), "rollout_tokens": meta.get("rollout_tokens"),
                                         "cloud_share": meta.get("cloud_share")})  # fmt: skip
