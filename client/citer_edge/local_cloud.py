@@ -45,12 +45,18 @@ class LocalCloud:
         command = [
             sys.executable, "-m", "citer_cloud.cli", "serve",
             "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.requested_port),
-            *self.extra_args,
+            "--stop-on-stdin-eof", *self.extra_args,
         ]  # fmt: skip
         if self.verbose:
             command.append("--verbose")
+        # stdin is the child's lifeline: if this process dies without stop() (SIGKILL, an unhandled SIGTERM),
+        # the OS closes the pipe and the server shuts itself down instead of living on as an orphan.
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=None if self.verbose else subprocess.DEVNULL, text=True
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if self.verbose else subprocess.DEVNULL,
+            text=True,
         )
         ready = threading.Event()
         threading.Thread(target=self._watch_stdout, args=(ready,), daemon=True).start()
@@ -77,6 +83,8 @@ class LocalCloud:
         """Terminate gracefully (SIGTERM), kill after 10 s."""
         if self._process is None:
             return
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         if self._process.poll() is None:
             self._process.terminate()
             try:

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
     )
     serve_cmd.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="shut down when standard input closes (for a server spawned by another program: dies with it)",
+    )
+    serve_cmd.add_argument(
         "-v", "--verbose", action="store_true", default=_env("VERBOSE", "") == "1", help="debug logging"
     )
     return parser
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         n_threads=args.threads,
         auth_token=args.auth_token,
         verbose=args.verbose,
+        stop_on_stdin_eof=args.stop_on_stdin_eof,
     )
     try:
         asyncio.run(serve(config))

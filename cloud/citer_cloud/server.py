@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class ServerConfig:
     n_threads: int | None = None
     auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
     verbose: bool = False
+    stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
 
 
 class _Running:
@@ -66,7 +68,14 @@ class _Running:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight calls for up to 5 s."""
+    """Run until SIGINT/SIGTERM (or stdin closing, if asked), then drain in-flight calls for up to 5 s.
+
+    A server spawned by another program (``LocalCloud``) must not outlive it:
+    a parent killed by SIGKILL or a SIGTERM that skips its cleanup never stops
+    its child, and the orphan keeps the model's memory and cores. The OS does
+    close the parent's end of the child's stdin pipe, so EOF there is the one
+    signal that always arrives.
+    """
     running = _Running(config)
     await running.server.start()
     print(f"{READY_LINE} {running.port}", flush=True)
@@ -75,9 +84,17 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.stop_on_stdin_eof:
+        threading.Thread(target=_stop_at_stdin_eof, args=(loop, stop), daemon=True, name="stdin-watch").start()
     await stop.wait()
     log.info("shutting down")
     await running.stop(grace_s=5)
+
+
+def _stop_at_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    sys.stdin.buffer.read()  # returns only at end of file
+    log.info("standard input closed: the parent process is gone")
+    loop.call_soon_threadsafe(stop.set)
 
 
 class CloudServer:

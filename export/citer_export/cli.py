@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "stats":
-        report = {str(path): dataset_stats(RouterDataset.concat([RouterDataset.load(f) for f in _expand([path])]),
+        report = {path.name: dataset_stats(RouterDataset.concat([RouterDataset.load(f) for f in _expand([path])]),
                                            args.gap) for path in args.datasets}  # fmt: skip
         print(json.dumps(report, indent=2))
         return 0
