@@ -22,6 +22,14 @@ def test_logit_stats_match_float64_reference() -> None:
         np.testing.assert_allclose(logit_stats(logits), reference_stats(logits), rtol=1e-4, atol=1e-6)
 
 
+def test_logit_stats_runner_up_at_the_edges_and_in_ties() -> None:
+    """The runner-up is found around the argmax: it must not miss either end or a tied maximum."""
+    for logits in ([3.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.5, 0.0, 2.5], [1.0, 3.0, 3.0], [4.0]):
+        values = np.array(logits, dtype=np.float32)
+        expected = reference_stats(values) if values.size > 1 else (1.0, 0.0, 0.0)
+        np.testing.assert_allclose(logit_stats(values), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_router_input_is_hidden_then_stats_in_float32() -> None:
     hidden = np.arange(896, dtype=np.float32)
     logits = np.array([2.0, 1.0, 0.0], dtype=np.float32)

@@ -33,14 +33,17 @@ def logit_stats(logits: np.ndarray) -> tuple[float, float, float]:
     """Top-1 probability, top-1 minus top-2 margin and entropy (nats) of a logit vector.
 
     Runs once per token on the hot path, so it stays in float32 with one exp
-    pass and an O(n) partition: about 0.8 ms for Qwen's 151,936 logits on
-    this project's CPU, 4x less than the float64/full-softmax version.
+    pass, and the runner-up is the max of the two slices around the argmax:
+    ``np.partition`` took 1.5 ms of the 1.7 ms this cost on the 2-core EPYC
+    for Qwen's 151,936 logits (6 % of an SLM step); now it is about 0.25 ms.
     """
-    peak = float(logits.max())
+    best = int(logits.argmax())
+    peak = float(logits[best])
+    rest = [part.max() for part in (logits[:best], logits[best + 1 :]) if part.size]
+    second = float(max(rest)) if rest else peak
     shifted = logits - peak
     exp = np.exp(shifted)
     total = float(exp.sum(dtype=np.float64))
-    second = float(np.partition(logits, -2)[-2])
     top1 = 1.0 / total
     top2 = float(np.exp(second - peak)) / total
     entropy = float(np.log(total)) - float(np.dot(exp, shifted)) / total
