@@ -464,7 +464,7 @@ def plot(report: dict, path: Path) -> None:
     slm = next(s for s in runs if s["policy"] == "slm")
     llm = next(s for s in runs if s["policy"] == "llm")
     settings = report["settings"]
-    title = f"{settings['slm']} + {settings['llm']}, {settings['problems']} problems, greedy"
+    title = f"{settings['slm']} + {settings['llm']}\nHumanEval, {settings['problems']} problems, greedy"
     with saved_axes(path, "cloud share of generated tokens (%)", "HumanEval pass@1 (%)", title, (7, 4.5)) as ax:
         ax.axhline(100 * slm["pass_at_1"], color="grey", linestyle=":", label="SLM only")
         ax.axhline(100 * llm["pass_at_1"], color="black", linestyle="--", label="LLM only")
