@@ -145,10 +145,7 @@ class LocalModel:
         """Append ``tokens``: all but the last without hidden states, in ``prefill_batch`` chunks; then the last."""
         if not tokens:
             return
-        if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"context full: {len(self._tokens)} + {len(tokens)} tokens exceed the SLM window of {self.n_ctx}"
-            )
+        self._ensure_room(len(tokens))
         head = list(tokens[:-1])
         if head:
             llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
@@ -169,10 +166,7 @@ class LocalModel:
         """
         if not tokens:
             return np.zeros((0, self.n_vocab), dtype=np.float32)
-        if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"context full: {len(self._tokens)} + {len(tokens)} tokens exceed the window of {self.n_ctx}"
-            )
+        self._ensure_room(len(tokens))
         rows = []
         llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
         try:
@@ -209,6 +203,12 @@ class LocalModel:
 
     def reset(self) -> None:
         self.rollback(0)
+
+    def _ensure_room(self, n_tokens: int) -> None:
+        if len(self._tokens) + n_tokens > self.n_ctx:
+            raise ContextFullError(
+                f"context full: {len(self._tokens)} + {n_tokens} tokens exceed the SLM window of {self.n_ctx}"
+            )
 
     def _decode(self, chunk: list[int], read_state: bool, all_logits: bool = False) -> None:
         batch = self._batch
