@@ -49,12 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "stats":
-        report = {path.name: dataset_stats(RouterDataset.concat([RouterDataset.load(f) for f in _expand([path])]),
-                                           args.gap) for path in args.datasets}  # fmt: skip
+        report = {path.name: dataset_stats(RouterDataset.concat(_load([path])[1]), args.gap) for path in args.datasets}
         print(json.dumps(report, indent=2))
         return 0
-    files = _expand(args.datasets)
-    parts = [RouterDataset.load(path) for path in files]
+    files, parts = _load(args.datasets)
     dataset = RouterDataset.concat(parts)
     if args.gap is not None:
         dataset = relabel_by_gap(dataset, args.gap)
@@ -71,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                           calibration_rows=calibration_rows)  # fmt: skip
     print(json.dumps(asdict(report), indent=2))
     return 0
+
+
+def _load(paths: list[Path]) -> tuple[list[Path], list[RouterDataset]]:
+    """The chunk files behind ``paths`` and their datasets, in the same order."""
+    files = _expand(paths)
+    return files, [RouterDataset.load(path) for path in files]
 
 
 def _expand(paths: list[Path]) -> list[Path]:
