@@ -19,6 +19,7 @@ import numpy as np
 from citer_export.labels import gap_labels
 
 EXTRA_PREFIX = "extra_"
+GAP_COLUMNS = frozenset({"slm_token", "llm_token", "llm_gap"})
 
 
 @dataclass
@@ -37,6 +38,17 @@ class RouterDataset:
         for name, column in self.extras.items():
             if len(column) != n:
                 raise ValueError(f"extra column {name!r} has {len(column)} rows, expected {n}")
+
+    @property
+    def has_gaps(self) -> bool:
+        """Whether the collection stored both models' tokens and the LLM's gap (needed to apply the gap rule)."""
+        return GAP_COLUMNS <= set(self.extras)
+
+    def labels_by_gap(self, gap: float) -> np.ndarray:
+        """Every row's label under the gap rule, rollouts ignored."""
+        if not self.has_gaps:
+            raise ValueError(f"the gap rule needs the extra columns {sorted(GAP_COLUMNS)}; collect the data again")
+        return gap_labels(self.extras["slm_token"], self.extras["llm_token"], self.extras["llm_gap"], gap)
 
     def save(self, path: Path) -> Path:
         np.savez_compressed(
@@ -83,10 +95,7 @@ class RouterDataset:
 
 def relabel_by_gap(dataset: RouterDataset, gap: float) -> RouterDataset:
     """The same rows with labels re-derived by the gap rule where no rollout decided them."""
-    needed = {"slm_token", "llm_token", "llm_gap"}
-    if not needed <= set(dataset.extras):
-        raise ValueError(f"relabelling needs the extra columns {sorted(needed)}; collect the data again")
-    labels = gap_labels(dataset.extras["slm_token"], dataset.extras["llm_token"], dataset.extras["llm_gap"], gap)
+    labels = dataset.labels_by_gap(gap)
     rolled = dataset.extras.get("rolled_out", np.zeros(len(labels), dtype=bool)).astype(bool)
     labels[rolled] = dataset.labels[rolled]
     meta = {**dataset.meta, "relabelled_gap": gap}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from citer_export.dataset import RouterDataset
-from citer_export.labels import gap_labels
 
 
 def dataset_stats(dataset: RouterDataset, gap: float) -> dict[str, object]:
@@ -25,8 +24,8 @@ def dataset_stats(dataset: RouterDataset, gap: float) -> dict[str, object]:
         stats["routed_share"] = float(extras["routed"].mean()) if n else 0.0
     rolled = extras.get("rolled_out", np.zeros(n, dtype=bool)).astype(bool)
     stats["rolled_out"] = int(rolled.sum())
-    if rolled.any() and {"slm_token", "llm_token", "llm_gap"} <= set(extras):
-        by_gap = gap_labels(extras["slm_token"], extras["llm_token"], extras["llm_gap"], gap)[rolled].astype(bool)
+    if rolled.any() and dataset.has_gaps:
+        by_gap = dataset.labels_by_gap(gap)[rolled].astype(bool)
         by_rollout = dataset.labels[rolled].astype(bool)
         stats["gap_rule_vs_rollouts"] = {
             "gap": gap,
