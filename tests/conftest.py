@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def smol_slm(smol_path: Path) -> Iterator[LocalModel]:
     """One SmolLM2 SLM for the whole run; tests that use it must not rely on its KV contents."""
     with LocalModel(smol_path, n_ctx=2048) as slm:
         yield slm
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (free when probed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,12 +1,22 @@
-"""Reference outputs from llama.cpp alone (llama-cpp-python's ``Llama``), to compare the hybrid loop against."""
+"""Reference outputs from llama.cpp alone, to compare the hybrid loop against.
+
+The model is opened through the project's loader (so it gets the same safe
+buffer policy as everything else), but decoding is a plain loop over
+llama.cpp's own single-sequence batches, independent of ``LocalModel`` and the
+cloud backend it checks.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from llama_cpp import _internals as llama_internals
+
+from citer_protocol.llama_loader import load_llama_model
 
 
 def llama_greedy(
@@ -17,22 +27,38 @@ def llama_greedy(
     ``split_last`` feeds the prompt's last token as its own batch, the shape
     the edge SLM uses (see LocalModel), since batch shapes change the numerics.
     """
-    llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, verbose=False)
+    model = load_llama_model(model_path)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = 512  # llama.cpp's default, and the SLM's prefill batch
+    params.n_threads = params.n_threads_batch = os.cpu_count() or 1
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = llama_internals.LlamaContext(model=model, params=params, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(model.model)
+    n_vocab = model.n_vocab()
     try:
-        if split_last:
-            llm.eval(list(prompt[:-1]))
-            llm.eval(list(prompt[-1:]))
-        else:
-            llm.eval(list(prompt))
+        if len(prompt) > params.n_batch:
+            raise ValueError(f"the reference feeds the prompt in one batch of at most {params.n_batch} tokens")
+        batches = [list(prompt[:-1]), list(prompt[-1:])] if split_last else [list(prompt)]
+        for batch in batches:
+            _decode(ctx, batch)
         out: list[int] = []
-        eog = llama_cpp.llama_model_get_vocab(llm.model)
         for _ in range(n_tokens):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,))
             token = int(np.argmax(logits))
             out.append(token)
-            if llama_cpp.llama_vocab_is_eog(eog, token):
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
-            llm.eval([token])
+            _decode(ctx, [token])
         return out
     finally:
-        llm.close()
+        ctx.close()
+        model.close()
+
+
+def _decode(ctx: llama_internals.LlamaContext, tokens: list[int]) -> None:
+    """One ``llama_decode`` of ``tokens`` appended to sequence 0 (positions follow on automatically)."""
+    array = (llama_cpp.llama_token * len(tokens))(*tokens)
+    status = llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
+    if status != 0:
+        raise RuntimeError(f"llama_decode failed with status {status}")

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CITER_EDGE_THREADS": "2"}
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CITER_EDGE_THREADS": "2", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "citer_edge.cli", *args],
         capture_output=True,
@@ -83,3 +85,22 @@ def test_cloud_serve_without_model_exits_with_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().startswith("citer-cloud: error: model file not found")
+
+
+def test_bad_extra_buffers_setting_is_one_readable_line(smol_path: Path) -> None:
+    result = run_cli("generate", "--slm", str(smol_path), "hello", env={"CITER_LLAMA_EXTRA_BUFFERS": "fast"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "citer-edge: error: CITER_LLAMA_EXTRA_BUFFERS must be one of auto, on, off, got 'fast'"
+    )
+
+
+def test_extra_buffers_flag_reaches_the_slm_and_the_local_cloud(smol_path: Path) -> None:
+    """The flag beats a bad environment value in both processes: the SLM here and the spawned citer-cloud."""
+    result = run_cli(
+        "generate", "--slm", str(smol_path), "--llm", str(smol_path), "--local-cloud", "--policy", "cloud",
+        "--llama-extra-buffers", "off", "--max-tokens", "4", "--json", "Hi.",
+        env={"CITER_LLAMA_EXTRA_BUFFERS": "fast"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["routing"]["llm"] == 4

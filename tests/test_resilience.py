@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -108,21 +107,13 @@ def test_resync_after_eviction(smol_slm: LocalModel, start_server, smol_path: Pa
     assert set(stream.sources) == {"llm"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_unreachable_cloud_falls_back_to_slm_with_one_warning(
-    smol_slm: LocalModel, caplog: pytest.LogCaptureFixture
+    smol_slm: LocalModel, caplog: pytest.LogCaptureFixture, free_port: int
 ) -> None:
     prompt = smol_slm.tokenize(CHAT_PROMPT)
     local = HybridGenerator(smol_slm, LocalPolicy()).generate(prompt, max_tokens=N_TOKENS)
     caplog.set_level(logging.INFO)
-    cloud = CloudSession(
-        f"127.0.0.1:{_free_port()}", smol_slm.fingerprint, connect_timeout_s=0.5, backoff_s=(0.05, 0.2)
-    )
+    cloud = CloudSession(f"127.0.0.1:{free_port}", smol_slm.fingerprint, connect_timeout_s=0.5, backoff_s=(0.05, 0.2))
     result = HybridGenerator(smol_slm, CloudPolicy(), cloud).generate(prompt, max_tokens=N_TOKENS)
     assert result.token_ids == local.token_ids
     assert set(result.sources) == {"slm"}

@@ -25,6 +25,7 @@ from citer_edge.policies import POLICY_NAMES, make_policy
 from citer_edge.router import RouterPolicy, default_policy
 from citer_edge.slm import LocalModel
 from citer_protocol import SamplingSettings
+from citer_protocol.llama_loader import EXTRA_BUFFER_SETTINGS, EXTRA_BUFFERS_ENV
 
 log = logging.getLogger("citer_edge")
 
@@ -89,6 +90,13 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     routing.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
     routing.add_argument("--n-ctx", type=int, default=int(_env("N_CTX", "4096")), help="SLM context window")
     routing.add_argument("--threads", type=int, default=int(_env("THREADS", "0")) or None, help="SLM CPU threads")
+    routing.add_argument(
+        "--llama-extra-buffers",
+        choices=EXTRA_BUFFER_SETTINGS,
+        default=None,
+        help="llama.cpp extra weight buffers (AMX, repack) for the SLM and a --local-cloud; auto turns them off "
+        f"on AMX CPUs, where they crash batched decoding [{EXTRA_BUFFERS_ENV}]",
+    )
     parser.add_argument("--show-routing", action="store_true", help="highlight tokens that came from the cloud LLM")
     parser.add_argument("-v", "--verbose", action="store_true", default=_env("VERBOSE") == "1", help="debug logging")
 
@@ -118,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     path = manage_sub.add_parser("path", help="print the file path of an alias (pulling it if needed)")
     path.add_argument("name")
     manage.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    doctor = sub.add_parser(
+        "doctor", help="check this machine, the models, the router and a cloud; run before filing a bug"
+    )
+    doctor.add_argument(
+        "--slm", default=_env("SLM", models.DEFAULT_SLM), help="SLM alias or GGUF path [CITER_EDGE_SLM]"
+    )
+    doctor.add_argument(
+        "--cloud", default=_env("CLOUD"), help="also check this cloud service, host:port [CITER_EDGE_CLOUD]"
+    )
+    doctor.add_argument("--cloud-token", default=_env("CLOUD_TOKEN"), help="bearer token [CITER_EDGE_CLOUD_TOKEN]")
+    doctor.add_argument(
+        "--llama-extra-buffers", choices=EXTRA_BUFFER_SETTINGS, default=None, help=f"as for chat [{EXTRA_BUFFERS_ENV}]"
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    doctor.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -139,7 +163,15 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
         slm_path = models.resolve_model(args.slm)
         llm_path = models.resolve_model(args.llm) if args.local_cloud else None
         sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-        slm = stack.enter_context(LocalModel(slm_path, n_ctx=args.n_ctx, n_threads=args.threads, verbose=args.verbose))
+        slm = stack.enter_context(
+            LocalModel(
+                slm_path,
+                n_ctx=args.n_ctx,
+                n_threads=args.threads,
+                verbose=args.verbose,
+                extra_buffers=args.llama_extra_buffers,
+            )
+        )
         if args.policy == "router":
             if not args.router:
                 raise CiterEdgeError("--policy router needs --router PATH (a router.onnx with its router.json)")
@@ -152,7 +184,8 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
             policy = make_policy(args.policy, args.threshold, seed=args.seed)
         address = args.cloud
         if llm_path is not None:
-            address = stack.enter_context(LocalCloud(llm_path, verbose=args.verbose)).address
+            extra_args = ["--llama-extra-buffers", args.llama_extra_buffers] if args.llama_extra_buffers else []
+            address = stack.enter_context(LocalCloud(llm_path, extra_args=extra_args, verbose=args.verbose)).address
         cloud = None
         if address:
             cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token)
@@ -280,7 +313,23 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"chat": run_chat, "generate": run_generate, "models": run_models}
+def run_doctor(args: argparse.Namespace) -> int:
+    from citer_edge.doctor import run_doctor as diagnose
+
+    def progress(step: str) -> None:
+        if sys.stderr.isatty() and not args.json:
+            print(f"… {step}", file=sys.stderr)
+
+    report = diagnose(args.slm, args.cloud, args.cloud_token, args.llama_extra_buffers, progress)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(report.text())
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"chat": run_chat, "generate": run_generate, "models": run_models, "doctor": run_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

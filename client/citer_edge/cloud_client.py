@@ -120,6 +120,7 @@ class CloudSession:
         self.info: CloudInfo | None = None
         self.resyncs = 0
         self.failures = 0
+        self.last_error: str | None = None  # why the cloud was last marked down, for diagnostics
         self.calls = 0
         self.tokens_sent = 0  # what the server had to prefill for us, resyncs included
         self.tokens_received = 0  # LLM decode steps spent on us
@@ -262,6 +263,7 @@ class CloudSession:
 
     def _mark_down(self, why: str) -> None:
         self.failures += 1
+        self.last_error = why
         if not self._down:
             log.warning("%s; continuing on the local model and retrying in the background", why)
         else:

@@ -19,7 +19,7 @@ from llama_cpp import _internals as llama_internals
 
 from citer_edge.errors import CiterEdgeError, ModelNotFoundError
 from citer_edge.sequences import common_prefix_len
-from citer_protocol import tokenizer_fingerprint
+from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,13 @@ class LocalModel:
         n_threads: int | None = None,
         prefill_batch: int = 512,
         verbose: bool = False,
+        extra_buffers: str | None = None,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}")
         self.path = path
-        # llama-cpp-python's log-level map is off by one for current ggml (warnings arrive as errors),
-        # so its logger is silenced outright unless the user asked for verbose output.
-        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-        model_params = llama_internals.LlamaModel.default_params()
-        self._model = llama_internals.LlamaModel(path_model=str(path), params=model_params, verbose=verbose)
+        self._model = load_llama_model(path, extra_buffers=extra_buffers, verbose=verbose)
         self.n_ctx = min(n_ctx, self._model.n_ctx_train()) if n_ctx > 0 else self._model.n_ctx_train()
         self.prefill_batch = max(1, min(prefill_batch, self.n_ctx))
         threads = n_threads or os.cpu_count() or 1
@@ -107,9 +104,7 @@ class LocalModel:
     def fingerprint(self) -> str:
         """The tokenizer fingerprint the cloud's LLM must match (see citer_protocol.fingerprint)."""
         if self._fingerprint is None:
-            self._fingerprint = tokenizer_fingerprint(
-                llama_cpp.llama_vocab_get_text(self._vocab, token_id) or b"" for token_id in range(self.n_vocab)
-            )
+            self._fingerprint = vocab_fingerprint(self._model)
         return self._fingerprint
 
     @property

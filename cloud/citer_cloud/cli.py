@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from citer_cloud.server import ServerConfig, serve
+from citer_protocol.llama_loader import EXTRA_BUFFER_SETTINGS, EXTRA_BUFFERS_ENV
 
 
 def _env(name: str, default: str) -> str:
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=int(_env("THREADS", "0")) or None, help="CPU threads [CITER_CLOUD_THREADS]"
     )
     serve_cmd.add_argument(
+        "--llama-extra-buffers",
+        choices=EXTRA_BUFFER_SETTINGS,
+        default=None,
+        help="llama.cpp extra weight buffers (AMX, repack); auto turns them off on AMX CPUs, where they crash "
+        f"batched decoding [{EXTRA_BUFFERS_ENV}]",
+    )
+    serve_cmd.add_argument(
         "--auth-token",
         default=_env("AUTH_TOKEN", "") or None,
         help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_tokens=args.kv_tokens,
         max_request_tokens=args.max_request_tokens,
         n_threads=args.threads,
+        llama_extra_buffers=args.llama_extra_buffers,
         auth_token=args.auth_token,
         verbose=args.verbose,
         stop_on_stdin_eof=args.stop_on_stdin_eof,

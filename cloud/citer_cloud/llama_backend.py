@@ -16,7 +16,7 @@ import numpy as np
 from llama_cpp import _internals as llama_internals
 
 from citer_cloud.backend import Backend, BackendInfo, KvCacheFull
-from citer_protocol import tokenizer_fingerprint
+from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         n_batch: int = 512,
         verbose: bool = False,
+        extra_buffers: str | None = None,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -39,12 +40,7 @@ class LlamaCppBackend(Backend):
         max_parallel = llama_cpp.llama_max_parallel_sequences()
         if not 1 <= max_sessions <= max_parallel:
             raise ValueError(f"max_sessions must be in 1..{max_parallel}, got {max_sessions}")
-        # llama-cpp-python's log-level map is off by one for current ggml (warnings arrive as errors),
-        # so its logger is silenced outright unless the user asked for verbose output.
-        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-        self._model = llama_internals.LlamaModel(
-            path_model=str(path), params=llama_internals.LlamaModel.default_params(), verbose=verbose
-        )
+        self._model = load_llama_model(path, extra_buffers=extra_buffers, verbose=verbose)
         threads = n_threads or os.cpu_count() or 1
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_tokens
@@ -66,9 +62,7 @@ class LlamaCppBackend(Backend):
         metadata = self._model.metadata()
         self.info = BackendInfo(
             model_name=metadata.get("general.name", path.stem),
-            tokenizer_fingerprint=tokenizer_fingerprint(
-                llama_cpp.llama_vocab_get_text(self._vocab, token_id) or b"" for token_id in range(n_vocab)
-            ),
+            tokenizer_fingerprint=vocab_fingerprint(self._model),
             vocab_size=n_vocab,
             max_context=min(self._model.n_ctx_train(), capacity),
             n_slots=max_sessions,

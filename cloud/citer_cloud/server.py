@@ -34,6 +34,7 @@ class ServerConfig:
     kv_tokens: int = 16384
     max_request_tokens: int = 4096
     n_threads: int | None = None
+    llama_extra_buffers: str | None = None  # auto/on/off; None: CITER_LLAMA_EXTRA_BUFFERS, else auto
     auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
     verbose: bool = False
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
@@ -49,6 +50,7 @@ class _Running:
             kv_tokens=config.kv_tokens,
             n_threads=config.n_threads,
             verbose=config.verbose,
+            extra_buffers=config.llama_extra_buffers,
         )
         self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
         self.servicer = LlmServicer(self.sessions)

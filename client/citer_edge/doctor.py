@@ -1,0 +1,238 @@
+"""``citer-edge doctor``: what this machine is, what citer-edge will do on it, and what is broken.
+
+The command a user runs before filing a bug. Each check is one line with a
+status; the last line says OK or names what is broken and the command that
+fixes it. Crashes inside llama.cpp (AMX) are caught by decoding in a child
+process, so doctor itself survives them and can say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from citer_edge import models
+from citer_protocol.llama_loader import (
+    EXTRA_BUFFERS_ENV,
+    CpuInfo,
+    choose_buffer_policy,
+    cpu_flag_summary,
+    llama_system_info,
+)
+
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
+START_CLOUD_HINT = "start one: citer-cloud serve --model LLM.gguf --host 0.0.0.0 --port 50051"
+
+
+@dataclass
+class Check:
+    """One line of the report: ``fix`` is the command (or step) that repairs a ``fail`` or ``warn``."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.status != FAIL for check in self.checks)
+
+    def verdict(self) -> str:
+        failed = [check for check in self.checks if check.status == FAIL]
+        if not failed:
+            return "OK"
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more above)" if len(failed) > 1 else ""
+        return f"BROKEN: {first.name}: {first.detail}; fix: {first.fix or 'see above'}{more}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "verdict": self.verdict(), "checks": [asdict(check) for check in self.checks]}
+
+    def text(self) -> str:
+        width = max(len(check.name) for check in self.checks)
+        lines = []
+        for check in self.checks:
+            line = f"{check.name:<{width}}  {check.status:<4}  {check.detail}"
+            if check.fix and check.status in (WARN, FAIL):
+                line += f"\n{'':<{width}}        fix: {check.fix}"
+            lines.append(line)
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+
+def run_doctor(
+    slm: str,
+    cloud: str | None = None,
+    cloud_token: str | None = None,
+    extra_buffers: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Report:
+    """Every check, in the order a reader wants them: machine, llama.cpp, models, router, cloud."""
+    checks = [
+        Check("python", INFO, f"{platform.python_version()} ({sys.executable}) on {platform.platform()}"),
+    ]
+    cpu = CpuInfo.read()
+    checks.append(Check("cpu", INFO, f"{cpu.model_name}, {os.cpu_count()} cores: {cpu_flag_summary(cpu)}"))
+    llama_ok = _llama_checks(checks, cpu, extra_buffers)
+    progress("checking models")
+    checks.extend(_model_checks())
+    slm_path = _resolve_slm(checks, slm)
+    if llama_ok and slm_path is not None:
+        progress(f"decoding a batch with {slm_path.name}")
+        checks.append(_decode_check(slm_path, extra_buffers))
+    checks.extend(_router_checks(slm_path if llama_ok else None))
+    if cloud:
+        progress(f"asking the cloud at {cloud}")
+        checks.append(_cloud_check(cloud, cloud_token, slm_path if llama_ok else None))
+    return Report(checks)
+
+
+def _llama_checks(checks: list[Check], cpu: CpuInfo, extra_buffers: str | None) -> bool:
+    try:
+        import llama_cpp
+
+        info = llama_system_info()
+    except (ImportError, OSError) as error:
+        checks.append(
+            Check("llama.cpp", FAIL, f"llama-cpp-python does not load: {error}", "python -m pip install -e .")
+        )
+        return False
+    checks.append(Check("llama.cpp", INFO, f"llama-cpp-python {llama_cpp.__version__}; {info}"))
+    try:
+        policy = choose_buffer_policy(extra_buffers, cpu=cpu)
+    except ValueError as error:
+        checks.append(Check("buffers", FAIL, str(error), f"unset {EXTRA_BUFFERS_ENV} or set it to auto, on or off"))
+        return False
+    status = WARN if policy.use_extra_buffers and cpu.amx else INFO
+    fix = f"{EXTRA_BUFFERS_ENV}=off if decoding crashes" if status == WARN else None
+    checks.append(Check("buffers", status, policy.describe(), fix))
+    return True
+
+
+def _model_checks() -> list[Check]:
+    checks = []
+    for spec, path in models.list_models():
+        name = f"model {spec.alias}"
+        if path is None:
+            checks.append(
+                Check(name, INFO, f"not downloaded (pulled on first use; `citer-edge models pull {spec.alias}`)")
+            )
+        elif _sha256(path) != spec.sha256:
+            checks.append(
+                Check(name, FAIL, f"checksum mismatch: {path}", f"rm {path} && citer-edge models pull {spec.alias}")
+            )
+        else:
+            checks.append(Check(name, OK, str(path)))
+    return checks
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _resolve_slm(checks: list[Check], slm: str) -> Path | None:
+    try:
+        path = models.resolve_model(slm, pull=False)
+    except models.ModelNotFoundError as error:
+        checks.append(Check("slm", WARN, f"{error}; llama.cpp and the router were not tried on it", None))
+        return None
+    checks.append(Check("slm", INFO, str(path)))
+    return path
+
+
+def _decode_check(slm_path: Path, extra_buffers: str | None) -> Check:
+    from citer_protocol.llama_check import check_batched_decode
+
+    result = check_batched_decode(slm_path, extra_buffers=extra_buffers)
+    if result.ok:
+        return Check("batched decode", OK, f"{result.detail} with {slm_path.name}")
+    fix = f"export {EXTRA_BUFFERS_ENV}=off" if "SIG" in result.detail else "citer-edge doctor -v"
+    return Check("batched decode", FAIL, f"{result.detail} ({slm_path.name}, {result.buffers})", fix)
+
+
+def _router_checks(slm_path: Path | None) -> list[Check]:
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        return [Check("onnxruntime", FAIL, f"does not load: {error}", "python -m pip install onnxruntime")]
+    checks = [Check("onnxruntime", INFO, f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}")]
+    if slm_path is None:
+        return checks
+    from citer_edge.errors import CiterEdgeError
+    from citer_edge.features import LOGIT_STAT_NAMES
+    from citer_edge.router import RouterPolicy, shipped_router
+    from citer_protocol.llama_loader import load_llama_model
+
+    model = load_llama_model(slm_path, vocab_only=True)  # hparams are not loaded: read the size from metadata
+    try:
+        metadata = model.metadata()
+    finally:
+        model.close()
+    hidden_size = int(metadata.get(f"{metadata.get('general.architecture', '')}.embedding_length", 0))
+    router_path = shipped_router(slm_path.name, hidden_size)
+    if router_path is None:
+        checks.append(
+            Check("router", INFO, f"none shipped for {slm_path.name}; --policy auto uses the confidence rule")
+        )
+        return checks
+    try:
+        import numpy as np
+
+        policy = RouterPolicy.load(router_path, hidden_size, cloud_share=0.2)
+        row = np.zeros((1, hidden_size + len(LOGIT_STAT_NAMES)), dtype=np.float32)
+        p_critical = float(policy.router.predict(row)[0])
+        if not 0.0 <= p_critical <= 1.0:
+            raise CiterEdgeError(f"scored a zero row as {p_critical}, not a probability")
+    except (CiterEdgeError, ValueError, RuntimeError, OSError) as error:
+        return [
+            *checks,
+            Check(
+                "router", FAIL, f"{router_path.name}: {error}", "python -m pip install -e . --force-reinstall --no-deps"
+            ),
+        ]
+    checks.append(Check("router", OK, f"{router_path.name} loads and scores; {policy.describe()} at --cloud-share 0.2"))
+    return checks
+
+
+def _cloud_check(address: str, token: str | None, slm_path: Path | None) -> Check:
+    from citer_edge.cloud_client import CloudSession
+    from citer_edge.errors import CiterEdgeError
+    from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
+
+    if slm_path is None:
+        return Check("cloud", WARN, f"{address}: not checked (no SLM to pair it with)", "citer-edge models pull")
+    model = load_llama_model(slm_path, vocab_only=True)
+    try:
+        fingerprint = vocab_fingerprint(model)
+    finally:
+        model.close()
+    session = CloudSession(address, fingerprint, connect_timeout_s=5.0, auth_token=token)
+    client_log = logging.getLogger("citer_edge.cloud_client")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)  # the check line says it; the client's own warning would say it twice
+    try:
+        if not session.connect():
+            return Check("cloud", FAIL, session.last_error or f"{address} does not answer", START_CLOUD_HINT)
+        info = session.info
+        assert info is not None
+        return Check("cloud", OK, f"{address} serves {info.model_name} ({info.backend}); pairs with {slm_path.name}")
+    except CiterEdgeError as error:
+        return Check("cloud", FAIL, str(error), "pair models that share a tokenizer, or pass the right --cloud-token")
+    finally:
+        client_log.setLevel(level)
+        session.close()
