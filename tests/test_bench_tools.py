@@ -57,3 +57,16 @@ def test_every_benchmark_explains_its_flags(name: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage: citer-bench " + name in result.stdout
+
+
+def test_buffers_benchmark_reports_both_phases_of_a_setting(smol_path) -> None:
+    import argparse
+
+    from citer_bench.buffers import run_setting
+
+    args = argparse.Namespace(prompt_tokens=64, decode_tokens=8, repeats=1, threads=2)
+    row = run_setting(args, str(smol_path), "off", "installed", None)
+    assert row["exit"] == "ok", row
+    assert row["decode"]["median_tokens_per_s"] > 0 and row["prefill"]["median_tokens_per_s"] > 0
+    assert len(row["decode"]["runs"]) == 1
+    assert "AVX" in row["llama_system_info"]

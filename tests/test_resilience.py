@@ -53,7 +53,7 @@ def test_resync_after_server_restart(smol_slm: LocalModel, smol_path: Path) -> N
     assert cloud.resyncs == 1
     assert set(stream.sources) == {"llm"}, "after the restart the cloud serves again, no SLM fallback"
     assert len(stream.token_ids) == N_TOKENS
-    # Re-prefilling in one batch is not bit-identical to the incremental KV cache (DESIGN.md);
+    # Re-prefilling in one batch is not bit-identical to the incremental KV cache (docs/architecture.md, "Numerics");
     # on this prompt greedy decoding is stable across that difference, so the text matches exactly.
     assert stream.token_ids == expected
 

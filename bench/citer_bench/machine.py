@@ -34,8 +34,13 @@ def machine_description() -> dict[str, object]:
         pass
     import llama_cpp
 
+    from citer_protocol.llama_loader import CpuInfo, choose_buffer_policy, cpu_flag_summary
+
+    cpu_info = CpuInfo.read()
     return {
         "cpu": cpu,
+        "cpu_flags": cpu_flag_summary(cpu_info),
+        "llama_buffers": choose_buffer_policy(cpu=cpu_info).describe(),
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
         "platform": platform.platform(),
