@@ -23,6 +23,7 @@ from citer_protocol.llama_loader import (
     CpuInfo,
     choose_buffer_policy,
     cpu_flag_summary,
+    llama_build_features,
     llama_system_info,
 )
 
@@ -114,7 +115,8 @@ def _llama_checks(checks: list[Check], cpu: CpuInfo, extra_buffers: str | None) 
     except ValueError as error:
         checks.append(Check("buffers", FAIL, str(error), f"unset {EXTRA_BUFFERS_ENV} or set it to auto, on or off"))
         return False
-    status = WARN if policy.use_extra_buffers and cpu.amx else INFO
+    amx_buffer_in_use = policy.use_extra_buffers and cpu.amx and llama_build_features(info).get("AMX_INT8") == "1"
+    status = WARN if amx_buffer_in_use else INFO
     fix = f"{EXTRA_BUFFERS_ENV}=off if decoding crashes" if status == WARN else None
     checks.append(Check("buffers", status, policy.describe(), fix))
     return True
