@@ -1,7 +1,9 @@
 """The interface every LLM backend implements: sequences of tokens in slots of one shared KV cache.
 
 The session layer decides *what* each slot holds; a backend only knows *how* to
-extend or cut a slot. llama.cpp (CPU/any GGUF) implements it today; a PyTorch
+extend or cut slots. One call may extend many slots at once (one forward pass
+for every session's pending tokens), which is what lets the engine batch
+concurrent requests. llama.cpp (CPU/any GGUF) implements it today; a PyTorch
 or vLLM backend for GPUs is another subclass.
 """
 
@@ -29,17 +31,48 @@ class BackendInfo:
     backend: str
 
 
+@dataclass(frozen=True)
+class SlotChunk:
+    """Tokens to append to one slot in a batched forward pass."""
+
+    slot: int
+    start_pos: int  # the slot's current length: tokens go at start_pos, start_pos + 1, ...
+    tokens: Sequence[int]
+    want_logits: bool  # return the next-token logits after the last of ``tokens``
+
+
 class Backend(ABC):
     """Computes next-token logits for token sequences living in numbered slots."""
 
     info: BackendInfo
+    max_batch_tokens: int  # most tokens one ``evaluate_batch`` call may carry, all chunks together
 
     @abstractmethod
+    def evaluate_batch(self, chunks: Sequence[SlotChunk]) -> list[np.ndarray | None]:
+        """Append every chunk to its slot in one forward pass; logits per chunk (None where not wanted).
+
+        Each slot appears at most once. Raises KvCacheFull, leaving every slot as it was before the call.
+        """
+
     def evaluate(self, slot: int, start_pos: int, tokens: Sequence[int]) -> np.ndarray:
-        """Append ``tokens`` to ``slot`` at ``start_pos`` and return the logits after the last one.
+        """Append ``tokens`` (any number) to one slot and return the logits after the last one.
 
         Raises KvCacheFull, leaving the slot as it was before the call.
         """
+        if not tokens:
+            raise ValueError("evaluate needs at least one token")
+        step = self.max_batch_tokens
+        logits: np.ndarray | None = None
+        for offset in range(0, len(tokens), step):
+            chunk = tokens[offset : offset + step]
+            last = offset + step >= len(tokens)
+            try:
+                (logits,) = self.evaluate_batch([SlotChunk(slot, start_pos + offset, chunk, want_logits=last)])
+            except KvCacheFull:
+                self.truncate(slot, start_pos)
+                raise
+        assert logits is not None
+        return logits
 
     @abstractmethod
     def truncate(self, slot: int, n_tokens: int) -> None:

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest append + max_tokens in one request [CITER_CLOUD_MAX_REQUEST_TOKENS]",
     )
     serve_cmd.add_argument(
+        "--max-batch-sessions",
+        type=int,
+        default=int(_env("MAX_BATCH_SESSIONS", "0")) or None,
+        help="sessions whose pending work shares one forward pass (default: all running ones; 1 serves one "
+        "request per pass) [CITER_CLOUD_MAX_BATCH_SESSIONS]",
+    )
+    serve_cmd.add_argument(
         "--threads", type=int, default=int(_env("THREADS", "0")) or None, help="CPU threads [CITER_CLOUD_THREADS]"
     )
     serve_cmd.add_argument(
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         max_sessions=args.max_sessions,
         kv_tokens=args.kv_tokens,
         max_request_tokens=args.max_request_tokens,
+        max_batch_sessions=args.max_batch_sessions,
         n_threads=args.threads,
         llama_extra_buffers=args.llama_extra_buffers,
         auth_token=args.auth_token,

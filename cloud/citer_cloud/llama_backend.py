@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as llama_internals
 
-from citer_cloud.backend import Backend, BackendInfo, KvCacheFull
+from citer_cloud.backend import Backend, BackendInfo, KvCacheFull, SlotChunk
 from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class LlamaCppBackend(Backend):
         self._ctx = llama_internals.LlamaContext(model=self._model, params=params, verbose=verbose)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._n_batch = n_batch
+        self.max_batch_tokens = n_batch
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         n_vocab = self._model.n_vocab()
         capacity = llama_cpp.llama_n_ctx(self._ctx.ctx)
@@ -71,30 +71,38 @@ class LlamaCppBackend(Backend):
         )
         log.info("loaded %s: %d slots, %d KV cells", self.info.model_name, max_sessions, capacity)
 
-    def evaluate(self, slot: int, start_pos: int, tokens: Sequence[int]) -> np.ndarray:
-        if not tokens:
-            raise ValueError("evaluate needs at least one token")
-        for offset in range(0, len(tokens), self._n_batch):
-            chunk = tokens[offset : offset + self._n_batch]
-            status = self._decode(slot, start_pos + offset, chunk)
-            if status != 0:
-                self.truncate(slot, start_pos)
-                if status == 1:
-                    raise KvCacheFull(f"no KV room for {len(tokens)} tokens in slot {slot}")
-                raise RuntimeError(f"llama_decode failed with status {status}")
-        logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
-        return np.ctypeslib.as_array(logits, shape=(self.info.vocab_size,)).copy()
-
-    def _decode(self, slot: int, start_pos: int, chunk: Sequence[int]) -> int:
+    def evaluate_batch(self, chunks: Sequence[SlotChunk]) -> list[np.ndarray | None]:
+        """One ``llama_decode`` for every chunk: each token tagged with its slot's sequence id."""
+        total = sum(len(chunk.tokens) for chunk in chunks)
+        if not 0 < total <= self.max_batch_tokens or any(not chunk.tokens for chunk in chunks):
+            raise ValueError(f"a batch carries 1..{self.max_batch_tokens} tokens and no empty chunk, got {total}")
         batch = self._batch
-        batch.n_tokens = len(chunk)
-        for i, token in enumerate(chunk):
-            batch.token[i] = token
-            batch.pos[i] = start_pos + i
-            batch.seq_id[i][0] = slot
-            batch.n_seq_id[i] = 1
-            batch.logits[i] = i == len(chunk) - 1
-        return llama_cpp.llama_decode(self._ctx.ctx, batch)
+        batch.n_tokens = total
+        rows: list[int | None] = []
+        i = 0
+        for chunk in chunks:
+            for offset, token in enumerate(chunk.tokens):
+                batch.token[i] = token
+                batch.pos[i] = chunk.start_pos + offset
+                batch.seq_id[i][0] = chunk.slot
+                batch.n_seq_id[i] = 1
+                batch.logits[i] = chunk.want_logits and offset == len(chunk.tokens) - 1
+                i += 1
+            rows.append(i - 1 if chunk.want_logits else None)
+        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            for chunk in chunks:
+                self.truncate(chunk.slot, chunk.start_pos)
+            if status == 1:
+                raise KvCacheFull(f"no KV room for {total} tokens across {len(chunks)} slots")
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        vocab = self.info.vocab_size
+        return [
+            None
+            if row is None
+            else np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(vocab,)).copy()
+            for row in rows
+        ]
 
     def truncate(self, slot: int, n_tokens: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot, n_tokens, -1)

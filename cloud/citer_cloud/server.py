@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from citer_cloud.auth import BearerTokenInterceptor
+from citer_cloud.engine import Engine
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import SessionManager
@@ -33,6 +34,7 @@ class ServerConfig:
     max_sessions: int = 16
     kv_tokens: int = 16384
     max_request_tokens: int = 4096
+    max_batch_sessions: int | None = None  # sessions per forward pass; None: all running ones, 1: serial
     n_threads: int | None = None
     llama_extra_buffers: str | None = None  # auto/on/off; None: CITER_LLAMA_EXTRA_BUFFERS, else auto
     auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
@@ -53,7 +55,8 @@ class _Running:
             extra_buffers=config.llama_extra_buffers,
         )
         self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
-        self.servicer = LlmServicer(self.sessions)
+        self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
+        self.servicer = LlmServicer(self.engine)
         interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
         self.server = grpc.aio.server(
             interceptors=interceptors, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]

@@ -1,21 +1,22 @@
-"""The gRPC servicer: translates protobuf to SessionManager calls and RequestError to status codes.
+"""The gRPC servicer: translates protobuf to engine requests and RequestError to status codes.
 
-All model work runs on one worker thread (the backend is not thread-safe), so
-the asyncio loop stays free to accept streams while a step computes.
+All model work runs on the engine's thread (see engine.py), which batches the
+requests of concurrent streams; the asyncio loop only awaits their futures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 
 from citer_cloud import __version__
-from citer_cloud.sessions import ErrorKind, RequestError, SessionManager
+from citer_cloud.engine import Engine
+from citer_cloud.sessions import DecodeResult, ErrorKind, RequestError
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,22 @@ def sampling_from_proto(message: pb.SamplingParams) -> SamplingSettings:
 
 
 class LlmServicer(pb_grpc.LlmServiceServicer):
-    def __init__(self, sessions: SessionManager) -> None:
-        self._sessions = sessions
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="citer-backend")
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = engine.sessions  # read-only facts (info, limits); all calls go through the engine
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._engine.call(fn))
+
+    async def _decode(
+        self, session_id: str, known_len: int, append: Sequence[int], max_tokens: int, sampling: SamplingSettings
+    ) -> DecodeResult:
+        ticket = self._engine.decode(session_id, known_len, append, max_tokens, sampling)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(ticket.future))
+        except asyncio.CancelledError:
+            ticket.cancel()  # the client went away: its work stops at the engine's next step
+            raise
 
     async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         info = self._sessions.backend.info
@@ -56,10 +67,8 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         async for request in request_iterator:
             try:
                 sampling = sampling_from_proto(request.sampling)
-                result = await self._run(
-                    lambda request=request, sampling=sampling: self._sessions.decode(
-                        request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
-                    )
+                result = await self._decode(
+                    request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
                 )
             except RequestError as error:
                 await _abort(context, error)
@@ -71,32 +80,36 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        """A whole LLM-only completion (the cloud-only baseline): one engine request per token, temporary session."""
+        session_id = f"_generate-{uuid.uuid4().hex}"
+        known_len, append = 0, list(request.prompt)
         try:
             sampling = sampling_from_proto(request.sampling)
-        except RequestError as error:
-            await _abort(context, error)
-            return
-        steps = self._sessions.generate(list(request.prompt), request.max_tokens, sampling)
-        try:
-            while (result := await self._run(lambda: next(steps, None))) is not None:
+            if not append:
+                raise RequestError(ErrorKind.INVALID_ARGUMENT, "prompt is empty")
+            for _ in range(max(1, request.max_tokens)):
+                result = await self._decode(session_id, known_len, append, min(1, request.max_tokens), sampling)
                 for token, logprob in zip(result.tokens, result.logprobs, strict=True):
                     yield pb.GenerateResponse(token=token, logprob=logprob, finished=result.finished)
+                if result.finished:
+                    break
+                known_len, append = result.new_len, []
         except RequestError as error:
             await _abort(context, error)
         finally:
-            self._worker.submit(steps.close)  # frees the session even when the client went away
+            self._engine.call(lambda: self._sessions.close(session_id))  # even when the client went away
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
-        existed = await self._run(lambda: self._sessions.close(request.session_id))
+        existed = await self._call(lambda: self._sessions.close(request.session_id))
         return pb.CloseSessionResponse(existed=existed)
 
     async def GetStats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        return pb.StatsResponse(**vars(await self._run(self._sessions.stats)))
+        return pb.StatsResponse(**vars(await self._call(self._sessions.stats)))
 
     def shutdown(self) -> None:
-        self._worker.shutdown(wait=True)
+        self._engine.shutdown()
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: RequestError) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from citer_cloud.backend import Backend, KvCacheFull
+from citer_cloud.backend import Backend, KvCacheFull, SlotChunk
 from citer_protocol import SamplingSettings, sample_token
 
 log = logging.getLogger(__name__)
@@ -77,8 +76,48 @@ class ServerStats:
     kv_tokens_capacity: int = 0
 
 
+@dataclass
+class DecodeJob:
+    """One Decode request in flight: its session's pending tokens are evaluated over one or more steps.
+
+    The engine batches the steps of many jobs into shared forward passes; a
+    job ends when it has produced ``max_tokens`` tokens, hit an end token, or
+    failed (``error``).
+    """
+
+    session: Session
+    max_tokens: int
+    sampling: SamplingSettings
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finished: bool = False  # an end-of-generation token was produced
+    error: RequestError | None = None
+    cancelled: bool = False  # the client went away: the engine drops the job at the next step
+
+    @property
+    def pending(self) -> int:
+        """Tokens the session holds that are not in the KV cache yet."""
+        return len(self.session.tokens) - self.session.n_evaluated
+
+    @property
+    def done(self) -> bool:
+        if self.error is not None or self.cancelled or self.finished:
+            return True
+        return len(self.tokens) >= self.max_tokens and (self.max_tokens > 0 or self.pending == 0)
+
+    def result(self) -> DecodeResult:
+        if self.error is not None:
+            raise self.error
+        return DecodeResult(self.tokens, self.logprobs, len(self.session.tokens), self.finished)
+
+
 class SessionManager:
-    """Owns every session of one backend: validation, delta sync, sampling and LRU eviction."""
+    """Owns every session of one backend: validation, delta sync, sampling and LRU eviction.
+
+    ``begin`` checks and syncs a request and returns a job; ``step`` runs one
+    forward pass for many jobs at once. ``decode`` does both for one request,
+    for callers that do not batch. One thread at a time (the engine's).
+    """
 
     def __init__(self, backend: Backend, max_request_tokens: int = 4096) -> None:
         self.backend = backend
@@ -87,6 +126,7 @@ class SessionManager:
         self._free_slots = list(range(backend.info.n_slots - 1, -1, -1))
         self._evicted: OrderedDict[str, None] = OrderedDict()
         self._stats = ServerStats(kv_tokens_capacity=backend.info.kv_capacity)
+        self._jobs: dict[str, DecodeJob] = {}  # session id -> its unfinished job
         self._lock = threading.RLock()
 
     # -- public API -------------------------------------------------------
@@ -99,9 +139,29 @@ class SessionManager:
         max_tokens: int,
         sampling: SamplingSettings,
     ) -> DecodeResult:
-        """Sync ``append`` after the first ``known_len`` tokens, then produce up to ``max_tokens``."""
+        """Sync ``append`` after the first ``known_len`` tokens, then produce up to ``max_tokens`` (unbatched)."""
+        job = self.begin(session_id, known_len, append, max_tokens, sampling)
+        while not job.done:
+            self.step([job])
+        return job.result()
+
+    def begin(
+        self,
+        session_id: str,
+        known_len: int,
+        append: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingSettings,
+    ) -> DecodeJob:
+        """Validate and sync a request (no forward pass yet); raises RequestError before changing anything."""
         with self._lock:
             self._validate(session_id, known_len, append, max_tokens)
+            if session_id in self._jobs:
+                raise RequestError(
+                    ErrorKind.FAILED_PRECONDITION,
+                    f"session {session_id!r} already has a request running; send one request at a time",
+                    reason="SESSION_BUSY",
+                )
             session = self._sessions.get(session_id)
             if session is None:
                 if known_len > 0:
@@ -122,31 +182,74 @@ class SessionManager:
             self._stats.decode_requests += 1
             self._sessions.move_to_end(session_id)
             self._cut(session, known_len)
-            if append:
-                self._extend(session, list(append), prefill=True)
-            return self._produce(session, max_tokens, sampling)
+            session.tokens.extend(append)
+            self._stats.tokens_prefilled += len(append)
+            if session.rng is None:
+                session.rng = np.random.default_rng(sampling.seed)
+            job = DecodeJob(session, max_tokens, sampling)
+            if max_tokens > 0 and job.pending == 0 and session.logits is None:
+                # Logits were dropped by a rollback: recompute the last position.
+                session.n_evaluated -= 1
+                self.backend.truncate(session.slot, session.n_evaluated)
+            self._produce_ready(job)
+            if not job.done:
+                self._jobs[session_id] = job
+            return job
 
-    def generate(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingSettings) -> Iterator[DecodeResult]:
-        """A whole LLM-only completion, one token per yielded result (the cloud-only baseline)."""
-        session_id = f"_generate-{uuid.uuid4().hex}"
-        if not prompt:
-            raise RequestError(ErrorKind.INVALID_ARGUMENT, "prompt is empty")
-        try:
-            result = self.decode(session_id, 0, prompt, min(1, max_tokens), sampling)
-            yield result
-            for _ in range(max_tokens - 1):
-                if result.finished:
-                    break
-                result = self.decode(session_id, result.new_len, [], 1, sampling)
-                yield result
-        finally:
-            self.close(session_id)
+    def step(self, jobs: Sequence[DecodeJob], token_budget: int | None = None) -> None:
+        """One forward pass over the pending tokens of ``jobs``, then sampling where logits arrived.
+
+        Jobs in their decode phase (one pending token) go first, then prefill
+        chunks in the order given until ``token_budget`` (the backend's batch
+        size by default) is spent; a long prefill continues in later steps, so
+        it never holds up the others' decode steps.
+        """
+        with self._lock:
+            budget = token_budget or self.backend.max_batch_tokens
+            plan: list[tuple[DecodeJob, int]] = []
+            for job in sorted((j for j in jobs if not j.done), key=lambda j: j.pending > 1):
+                take = min(job.pending, budget)
+                if take > 0:
+                    plan.append((job, take))
+                    budget -= take
+            if not plan:
+                return
+            chunks = [
+                SlotChunk(
+                    job.session.slot,
+                    job.session.n_evaluated,
+                    job.session.tokens[job.session.n_evaluated : job.session.n_evaluated + take],
+                    want_logits=take == job.pending,
+                )
+                for job, take in plan
+            ]
+            try:
+                results = self.backend.evaluate_batch(chunks)
+            except KvCacheFull:
+                self._make_room([job for job, _ in plan])
+                return
+            self._stats.forward_passes += 1
+            for (job, take), logits in zip(plan, results, strict=True):
+                job.session.n_evaluated += take
+                if logits is not None:
+                    job.session.logits = logits
+                    self._produce_ready(job)
+            for job, _ in plan:
+                if job.done:
+                    self._jobs.pop(job.session.session_id, None)
+
+    def cancel(self, job: DecodeJob) -> None:
+        """Stop a job (its client went away); what it evaluated stays, like any response the client lost."""
+        with self._lock:
+            job.cancelled = True
+            self._jobs.pop(job.session.session_id, None)
 
     def close(self, session_id: str) -> bool:
         with self._lock:
             session = self._sessions.pop(session_id, None)
             if session is None:
                 return False
+            self._fail_job(session_id, "SESSION_CLOSED", f"session {session_id!r} was closed during the request")
             self._release(session)
             return True
 
@@ -193,8 +296,8 @@ class SessionManager:
     # -- state changes ----------------------------------------------------
 
     def _create(self, session_id: str) -> Session:
-        if not self._free_slots:
-            self._evict_lru(keep=None)
+        if not self._free_slots and not self._evict_lru(keep=set()):
+            self._evict_lru(keep=set(), include_busy=True)
         session = Session(session_id=session_id, slot=self._free_slots.pop())
         self._sessions[session_id] = session
         self._evicted.pop(session_id, None)
@@ -210,69 +313,62 @@ class SessionManager:
             session.n_evaluated = length
             session.logits = None
 
-    def _extend(self, session: Session, tokens: list[int], prefill: bool) -> None:
-        """Evaluate ``tokens`` after the session's cached prefix, evicting other sessions for room."""
-        pending = session.tokens[session.n_evaluated :] + tokens  # lazily held LLM tokens go first
-        while True:
-            try:
-                logits = self.backend.evaluate(session.slot, session.n_evaluated, pending)
-                break
-            except KvCacheFull:
-                if not self._evict_lru(keep=session.session_id):
-                    raise RequestError(
-                        ErrorKind.RESOURCE_EXHAUSTED,
-                        f"KV cache full: {len(pending)} tokens do not fit even with every other session evicted",
-                    ) from None
-        session.tokens.extend(tokens)
-        session.n_evaluated = len(session.tokens)
-        session.logits = logits
-        self._stats.forward_passes += 1
-        if prefill:
-            self._stats.tokens_prefilled += len(tokens)
+    def _produce_ready(self, job: DecodeJob) -> None:
+        """Sample the job's next token where fresh logits exist and it wants more tokens."""
+        session = job.session
+        if job.done or job.pending or session.logits is None or len(job.tokens) >= job.max_tokens:
+            return
+        assert session.rng is not None
+        token = sample_token(session.logits, job.sampling, session.rng)
+        job.logprobs.append(_logprob(session.logits, token))
+        job.tokens.append(token)
+        # The new token joins the sequence now but enters the KV cache lazily, with the job's next step
+        # or the session's next request: a final token the client never extends costs nothing.
+        session.tokens.append(token)
+        session.logits = None
+        self._stats.tokens_generated += 1
+        if self.backend.is_end(token):
+            job.finished = True
 
-    def _produce(self, session: Session, max_tokens: int, sampling: SamplingSettings) -> DecodeResult:
-        produced: list[int] = []
-        logprobs: list[float] = []
-        finished = False
-        if session.rng is None:
-            session.rng = np.random.default_rng(sampling.seed)
-        for _ in range(max_tokens):
-            if session.logits is None or session.n_evaluated < len(session.tokens):
-                self._catch_up(session)
-            assert session.logits is not None
-            token = sample_token(session.logits, sampling, session.rng)
-            logprobs.append(_logprob(session.logits, token))
-            produced.append(token)
-            # The new token joins the sequence now but enters the KV cache lazily, on the next
-            # request that needs its logits: a final token the client never extends costs nothing.
-            session.tokens.append(token)
-            session.logits = None
-            self._stats.tokens_generated += 1
-            if self.backend.is_end(token):
-                finished = True
-                break
-        return DecodeResult(tokens=produced, logprobs=logprobs, new_len=len(session.tokens), finished=finished)
+    def _make_room(self, jobs: list[DecodeJob]) -> None:
+        """The batch did not fit the KV cache: evict an idle session, else run the jobs alone, else refuse."""
+        if self._evict_lru(keep={job.session.session_id for job in jobs}):
+            return  # the next step retries with the room freed
+        if len(jobs) > 1:
+            for job in jobs:
+                self.step([job])
+            return
+        (job,) = jobs
+        if self._evict_lru(keep={job.session.session_id}, include_busy=True):
+            return
+        pending = job.pending
+        del job.session.tokens[job.session.n_evaluated :]  # what did not fit is not kept
+        job.error = RequestError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            f"KV cache full: {pending} tokens do not fit even with every other session evicted",
+        )
+        self._jobs.pop(job.session.session_id, None)
 
-    def _catch_up(self, session: Session) -> None:
-        """Bring the KV cache level with ``tokens`` so fresh logits exist for the last position."""
-        if session.n_evaluated == len(session.tokens):
-            # Logits were dropped by a rollback: recompute the last position.
-            session.n_evaluated -= 1
-            self.backend.truncate(session.slot, session.n_evaluated)
-        self._extend(session, [], prefill=False)
-
-    def _evict_lru(self, keep: str | None) -> bool:
+    def _evict_lru(self, keep: set[str], include_busy: bool = False) -> bool:
+        """Evict the least recently used session not in ``keep`` (idle ones only unless ``include_busy``)."""
         for session_id in self._sessions:
-            if session_id != keep:
-                session = self._sessions.pop(session_id)
-                self._release(session)
-                self._evicted[session_id] = None
-                while len(self._evicted) > _EVICTED_MEMORY:
-                    self._evicted.popitem(last=False)
-                self._stats.sessions_evicted += 1
-                log.info("evicted session %s (%d tokens)", session_id, len(session.tokens))
-                return True
+            if session_id in keep or (session_id in self._jobs and not include_busy):
+                continue
+            session = self._sessions.pop(session_id)
+            self._fail_job(session_id, "SESSION_EVICTED", f"session {session_id!r} was evicted to make room")
+            self._release(session)
+            self._evicted[session_id] = None
+            while len(self._evicted) > _EVICTED_MEMORY:
+                self._evicted.popitem(last=False)
+            self._stats.sessions_evicted += 1
+            log.info("evicted session %s (%d tokens)", session_id, len(session.tokens))
+            return True
         return False
+
+    def _fail_job(self, session_id: str, reason: str, message: str) -> None:
+        job = self._jobs.pop(session_id, None)
+        if job is not None:
+            job.error = RequestError(ErrorKind.FAILED_PRECONDITION, message, reason=reason)
 
     def _release(self, session: Session) -> None:
         self.backend.truncate(session.slot, 0)
