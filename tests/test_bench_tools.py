@@ -70,3 +70,42 @@ def test_buffers_benchmark_reports_both_phases_of_a_setting(smol_path) -> None:
     assert row["decode"]["median_tokens_per_s"] > 0 and row["prefill"]["median_tokens_per_s"] > 0
     assert len(row["decode"]["runs"]) == 1
     assert "AVX" in row["llama_system_info"]
+
+
+def test_capacity_p99_of_ten_samples_is_the_largest() -> None:
+    """The old p99 took the second-largest of ten samples; nearest-rank takes the largest."""
+    from citer_bench.capacity import percentile_ms
+
+    samples = [i / 1000 for i in range(1, 11)]
+    assert percentile_ms(samples, 0.99) == 10.0
+    assert percentile_ms(samples, 0.50) == 5.0
+    assert percentile_ms(samples, 0.95) == 10.0
+
+
+def test_capacity_run_fails_when_a_session_fails(free_port: int) -> None:
+    import argparse
+
+    from citer_bench.capacity import run_sessions
+
+    args = argparse.Namespace(calls=2, append=4)
+    with pytest.raises(RuntimeError, match="3 of 3 sessions failed"):
+        run_sessions(f"127.0.0.1:{free_port}", "fingerprint", [[1, 2, 3]], [4, 5, 6, 7], 3, args)
+
+
+def test_capacity_measures_calls_and_server_work(smol_path, smol_slm) -> None:
+    import argparse
+
+    from citer_bench.capacity import measure
+    from citer_edge.local_cloud import LocalCloud
+
+    args = argparse.Namespace(calls=3, append=8)
+    prompt = smol_slm.tokenize("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    filler = smol_slm.tokenize(" for item in items: total += item" * 4, add_bos=False)
+    with LocalCloud(smol_path) as cloud:
+        row = measure(cloud, smol_slm.fingerprint, [prompt], filler, 2, args)
+    assert row["calls"] == 6
+    assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    # Each session's first call prefills its prompt; the others append 8 (+ nothing else: delta sync).
+    assert row["prefilled_tokens_per_call"] == (2 * (len(prompt) + 8) + 4 * 8) / 6
+    assert 0 < row["forward_passes_per_call"] <= 1
+    assert row["server_cpu_s_per_token"] > 0

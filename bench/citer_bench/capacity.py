@@ -1,16 +1,26 @@
-"""How many concurrent hybrid sessions one cloud server sustains, and at what call latency.
+"""How many concurrent hybrid sessions one cloud server sustains, and what each call costs it.
 
 A bounded load generator on loopback: N client threads, each a hybrid
-conversation that sends ``--append`` SLM tokens and asks for one LLM token per
-call (what a token-level router does between critical tokens), ``--calls``
-times. Reported per N: p50/p99 call latency, calls/s and prefilled tokens/s.
+conversation that appends ``--append`` SLM tokens and asks for one LLM token
+per call (what a token-level router does between critical tokens), ``--calls``
+times. Each server configuration (``--configs``) is a fresh ``citer-cloud``
+process: ``serial`` serves one request per forward pass
+(``--max-batch-sessions 1``), ``batched`` lets every running request share
+each pass. Reported per configuration and N: calls/s, p50/p95/p99 call
+latency, forward passes and prefilled tokens per call, and the server's
+CPU-seconds per produced token (from /proc). A session that fails fails the
+run: a shrinking sample would flatter the numbers.
 
-    citer-bench capacity --sessions 1 2 4 8 16
+The load generator runs on the same machine as the server, so on a small box
+the figures include its contention for the cores.
+
+    citer-bench capacity --sessions 1 2 4 8 16 32 64 --configs serial batched
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -31,6 +41,7 @@ FILLER = (
     "    result = []\n    for item in items:\n        if item is not None and item > threshold:\n"
     "            result.append(transform(item))\n    return sorted(result, key=lambda value: -value)\n"
 )
+CONFIGS = {"serial": ["--max-batch-sessions", "1"], "batched": []}
 
 
 def one_session(address: str, fingerprint: str, prompt: list[int], filler: list[int], args, latencies: list[float]):
@@ -41,40 +52,72 @@ def one_session(address: str, fingerprint: str, prompt: list[int], filler: list[
             context += filler[(call * args.append) % len(filler) :][: args.append] or filler[: args.append]
             started = time.perf_counter()
             reply = cloud.decode(context, 1, SamplingSettings())
-            latencies.append(time.perf_counter() - started)
             if reply is None:
-                raise RuntimeError("cloud call failed under load")
+                raise RuntimeError(f"cloud call failed under load: {cloud.last_error}")
+            latencies.append(time.perf_counter() - started)
             context += reply.tokens
     finally:
         cloud.close()
 
 
-def measure(address: str, fingerprint: str, prompts: list[list[int]], filler: list[int], n: int, args) -> dict:
-    with grpc.insecure_channel(address) as channel:
-        before = pb_grpc.LlmServiceStub(channel).GetStats(pb.StatsRequest())
+def percentile_ms(ordered: list[float], q: float) -> float:
+    """The nearest-rank percentile: the smallest sample with at least ``q`` of the samples at or below it."""
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil(n * q), at least 1
+    return 1000 * ordered[int(rank) - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_sessions(address: str, fingerprint: str, prompts: list[list[int]], filler: list[int], n: int, args):
+    """N concurrent sessions; every call's latency, or RuntimeError if any session failed."""
     latencies: list[float] = []
-    threads = [
-        threading.Thread(target=one_session, args=(address, fingerprint, prompts[i % len(prompts)], filler, args,
-                                                   latencies))
-        for i in range(n)
-    ]  # fmt: skip
-    started = time.perf_counter()
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            one_session(address, fingerprint, prompts[index % len(prompts)], filler, args, latencies)
+        except BaseException as error:  # re-raised below: any failed session fails the run
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} sessions failed; first: {errors[0]!r}")
+    return latencies
+
+
+def measure(cloud: LocalCloud, fingerprint: str, prompts: list[list[int]], filler: list[int], n: int, args) -> dict:
+    with grpc.insecure_channel(cloud.address) as channel:
+        before = pb_grpc.LlmServiceStub(channel).GetStats(pb.StatsRequest())
+    cpu_before = cpu_seconds(cloud.pid)
+    started = time.perf_counter()
+    latencies = run_sessions(cloud.address, fingerprint, prompts, filler, n, args)
     elapsed = time.perf_counter() - started
-    with grpc.insecure_channel(address) as channel:
+    cpu = cpu_seconds(cloud.pid) - cpu_before
+    with grpc.insecure_channel(cloud.address) as channel:
         after = pb_grpc.LlmServiceStub(channel).GetStats(pb.StatsRequest())
+    calls = len(latencies)
+    assert calls == n * args.calls
+    produced = after.tokens_generated - before.tokens_generated
     ordered = sorted(latencies)
     return {
         "sessions": n,
-        "calls": len(ordered),
-        "p50_ms": 1000 * ordered[len(ordered) // 2],
-        "p99_ms": 1000 * ordered[max(0, int(len(ordered) * 0.99) - 1)],
+        "calls": calls,
+        "p50_ms": percentile_ms(ordered, 0.50),
+        "p95_ms": percentile_ms(ordered, 0.95),
+        "p99_ms": percentile_ms(ordered, 0.99),
         "mean_ms": 1000 * statistics.fmean(ordered),
-        "calls_per_s": len(ordered) / elapsed,
-        "prefilled_tokens_per_s": (after.tokens_prefilled - before.tokens_prefilled) / elapsed,
+        "calls_per_s": calls / elapsed,
+        "forward_passes_per_call": (after.forward_passes - before.forward_passes) / calls,
+        "prefilled_tokens_per_call": (after.tokens_prefilled - before.tokens_prefilled) / calls,
+        "server_cpu_s_per_token": cpu / produced,
         "evictions": after.sessions_evicted - before.sessions_evicted,
     }
 
@@ -84,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="citer-bench capacity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--llm", default=DEFAULT_LLM)
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--calls", type=int, default=10, help="cloud calls per session")
     parser.add_argument("--append", type=int, default=8, help="SLM tokens appended before each call")
-    parser.add_argument("--max-sessions", type=int, default=32, help="server's --max-sessions")
+    parser.add_argument("--max-sessions", type=int, default=64, help="server's --max-sessions")
+    parser.add_argument("--kv-tokens", type=int, default=16384, help="server's --kv-tokens")
     parser.add_argument("--name", default="capacity", help="result file name under bench/results/")
     args = parser.parse_args(argv)
 
@@ -98,15 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         ]
         filler = tokenizer.tokenize(FILLER, add_bos=False)
         fingerprint = tokenizer.fingerprint
-    rows = []
-    with LocalCloud(llm_path, extra_args=["--max-sessions", str(args.max_sessions)]) as cloud:
-        for n in args.sessions:
-            rows.append(measure(cloud.address, fingerprint, prompts, filler, n, args))
-            row = rows[-1]
-            print(
-                f"{n:3d} sessions: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                f"{row['calls_per_s']:6.2f} calls/s  {row['prefilled_tokens_per_s']:7.1f} prefilled tok/s"
-            )
+    results: dict[str, list[dict]] = {}
+    for config in args.configs:
+        server_args = ["--max-sessions", str(args.max_sessions), "--kv-tokens", str(args.kv_tokens), *CONFIGS[config]]
+        rows = results[config] = []
+        with LocalCloud(llm_path, extra_args=server_args) as cloud:
+            for n in args.sessions:
+                row = measure(cloud, fingerprint, prompts, filler, n, args)
+                rows.append(row)
+                print(
+                    f"{config:8} {n:3d} sessions: {row['calls_per_s']:6.2f} calls/s  p50 {row['p50_ms']:7.1f}  "
+                    f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  "
+                    f"{row['forward_passes_per_call']:.2f} passes/call  "
+                    f"{row['prefilled_tokens_per_call']:.1f} prefilled/call  "
+                    f"{row['server_cpu_s_per_token']:.3f} CPU-s/token",
+                    flush=True,
+                )
     payload = {
         "benchmark": "cloud-capacity",
         "machine": machine_description(),
@@ -115,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             "calls": args.calls,
             "append": args.append,
             "max_sessions": args.max_sessions,
-            "backend": "llama.cpp, requests served one at a time",
-        },  # fmt: skip
-        "results": rows,
+            "kv_tokens": args.kv_tokens,
+            "configs": {config: "llama.cpp " + (" ".join(CONFIGS[config]) or "batched") for config in args.configs},
+            "note": "load generator and server share this machine's cores",
+        },
+        "results": results,
     }
     path = write_result(args.name, payload)
     plot(payload, RESULTS_DIR / f"{args.name}.png")
@@ -126,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(payload: dict, path: Path) -> None:
-    rows = payload["results"]
     settings = payload["settings"]
     title = f"{settings['llm']}: {settings['append']} tokens appended + 1 produced per call"
-    with saved_axes(path, "concurrent sessions", "cloud call latency (ms)", title) as ax:
-        ax.plot([r["sessions"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label="p50")
-        ax.plot([r["sessions"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label="p99")
+    with saved_axes(path, "concurrent sessions", "calls/s (solid), p99 latency in s (dashed)", title) as ax:
+        for config, rows in payload["results"].items():
+            sessions = [r["sessions"] for r in rows]
+            line = ax.plot(sessions, [r["calls_per_s"] for r in rows], marker="o", label=f"{config} calls/s")[0]
+            ax.plot(sessions, [r["p99_ms"] / 1000 for r in rows], marker="x", linestyle="--",
+                    color=line.get_color(), label=f"{config} p99 s")  # fmt: skip
         ax.set_xscale("log", base=2)
 
 

@@ -41,6 +41,13 @@ class LocalCloud:
             raise RuntimeError("local cloud is not running")
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The server process's id (benchmarks read its CPU time)."""
+        if self._process is None:
+            raise RuntimeError("local cloud is not running")
+        return self._process.pid
+
     def start(self) -> LocalCloud:
         command = [
             sys.executable, "-m", "citer_cloud.cli", "serve",

@@ -97,7 +97,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._inbox or self._running or self._stopping):
+                while not (self._inbox or self._running or self._waiting or self._stopping):
                     self._wake.wait()
                 if self._stopping:
                     break
