@@ -14,9 +14,11 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from citer_edge import models
 from citer_edge.chat import Conversation
+from citer_edge.cloud_channel import CloudTls
 from citer_edge.cloud_client import CloudSession
 from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
 from citer_edge.errors import CiterEdgeError
@@ -52,6 +54,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cloud-token", default=_env("CLOUD_TOKEN"), help="bearer token for the cloud [CITER_EDGE_CLOUD_TOKEN]"
     )
+    _add_tls_options(group)
     group.add_argument(
         "--cloud-timeout", type=float, default=float(_env("CLOUD_TIMEOUT", "30")), help="seconds per cloud call"
     )
@@ -101,6 +104,38 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=_env("VERBOSE") == "1", help="debug logging")
 
 
+def _add_tls_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--cloud-tls",
+        action="store_true",
+        default=_env("CLOUD_TLS") == "1",
+        help="reach the cloud over TLS (implied by --cloud-ca) [CITER_EDGE_CLOUD_TLS=1]",
+    )
+    group.add_argument("--cloud-ca", default=_env("CLOUD_CA"), help="PEM CA bundle to trust [CITER_EDGE_CLOUD_CA]")
+    group.add_argument(
+        "--cloud-tls-server-name",
+        default=_env("CLOUD_TLS_SERVER_NAME"),
+        help="name the server certificate must carry, if not the address's host [CITER_EDGE_CLOUD_TLS_SERVER_NAME]",
+    )
+    group.add_argument(
+        "--cloud-cert", default=_env("CLOUD_CERT"), help="mutual TLS: this device's certificate [CITER_EDGE_CLOUD_CERT]"
+    )
+    group.add_argument("--cloud-key", default=_env("CLOUD_KEY"), help="mutual TLS: its PEM key [CITER_EDGE_CLOUD_KEY]")
+
+
+def cloud_tls(args: argparse.Namespace) -> CloudTls | None:
+    """TLS settings from the options, or None for a plain channel."""
+    wanted = args.cloud_tls or any((args.cloud_ca, args.cloud_tls_server_name, args.cloud_cert, args.cloud_key))
+    if not wanted:
+        return None
+    return CloudTls(
+        ca_file=Path(args.cloud_ca).expanduser() if args.cloud_ca else None,
+        server_name=args.cloud_tls_server_name,
+        client_cert=Path(args.cloud_cert).expanduser() if args.cloud_cert else None,
+        client_key=Path(args.cloud_key).expanduser() if args.cloud_key else None,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="citer-edge", description="Hybrid edge/cloud decoding: a local SLM, critical tokens from a cloud LLM."
@@ -137,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cloud", default=_env("CLOUD"), help="also check this cloud service, host:port [CITER_EDGE_CLOUD]"
     )
     doctor.add_argument("--cloud-token", default=_env("CLOUD_TOKEN"), help="bearer token [CITER_EDGE_CLOUD_TOKEN]")
+    _add_tls_options(doctor)
     doctor.add_argument(
         "--llama-extra-buffers", choices=EXTRA_BUFFER_SETTINGS, default=None, help=f"as for chat [{EXTRA_BUFFERS_ENV}]"
     )
@@ -188,7 +224,10 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
             address = stack.enter_context(LocalCloud(llm_path, extra_args=extra_args, verbose=args.verbose)).address
         cloud = None
         if address:
-            cloud = CloudSession(address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token)
+            tls = cloud_tls(args) if args.cloud else None  # a --local-cloud listens on loopback, in clear
+            cloud = CloudSession(
+                address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token, tls=tls
+            )
             stack.callback(cloud.close)
         elif args.policy != "local":
             log.info("no cloud configured (--cloud or --local-cloud): every token comes from the SLM")
@@ -320,7 +359,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         if sys.stderr.isatty() and not args.json:
             print(f"… {step}", file=sys.stderr)
 
-    report = diagnose(args.slm, args.cloud, args.cloud_token, args.llama_extra_buffers, progress)
+    report = diagnose(args.slm, args.cloud, args.cloud_token, args.llama_extra_buffers, progress, tls=cloud_tls(args))
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from citer_edge.cloud_channel import CloudTls, open_channel
 from citer_edge.errors import CloudAuthError, TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
@@ -102,6 +103,7 @@ class CloudSession:
         backoff_s: tuple[float, float] = (1.0, 30.0),
         auth_token: str | None = None,
         session_id: str | None = None,
+        tls: CloudTls | None = None,
     ) -> None:
         self.address = address
         self.session_id = session_id or uuid.uuid4().hex
@@ -110,6 +112,9 @@ class CloudSession:
         self._connect_timeout_s = connect_timeout_s
         self._backoff_min_s, self._backoff_max_s = backoff_s
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._tls = tls
+        if tls is not None:
+            tls.credentials()  # unreadable certificate files are a configuration error, raised now
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.LlmServiceStub | None = None
         self._stream: _DecodeStream | None = None
@@ -141,7 +146,7 @@ class CloudSession:
         if self._stub is not None and self.info is not None:
             return True
         try:
-            self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._channel = open_channel(self.address, self._tls, _CHANNEL_OPTIONS)
             self._stub = pb_grpc.LlmServiceStub(self._channel)
             reply = self._stub.GetInfo(pb.InfoRequest(), timeout=self._connect_timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from citer_edge import models
+from citer_edge.cloud_channel import CloudTls
 from citer_protocol.llama_loader import (
     EXTRA_BUFFERS_ENV,
     CpuInfo,
@@ -78,6 +79,7 @@ def run_doctor(
     cloud_token: str | None = None,
     extra_buffers: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    tls: CloudTls | None = None,
 ) -> Report:
     """Every check, in the order a reader wants them: machine, llama.cpp, models, router, cloud."""
     checks = [
@@ -95,7 +97,7 @@ def run_doctor(
     checks.extend(_router_checks(slm_path if llama_ok else None))
     if cloud:
         progress(f"asking the cloud at {cloud}")
-        checks.append(_cloud_check(cloud, cloud_token, slm_path if llama_ok else None))
+        checks.append(_cloud_check(cloud, cloud_token, slm_path if llama_ok else None, tls))
     return Report(checks)
 
 
@@ -211,7 +213,7 @@ def _router_checks(slm_path: Path | None) -> list[Check]:
     return checks
 
 
-def _cloud_check(address: str, token: str | None, slm_path: Path | None) -> Check:
+def _cloud_check(address: str, token: str | None, slm_path: Path | None, tls: CloudTls | None) -> Check:
     from citer_edge.cloud_client import CloudSession
     from citer_edge.errors import CiterEdgeError
     from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
@@ -223,7 +225,10 @@ def _cloud_check(address: str, token: str | None, slm_path: Path | None) -> Chec
         fingerprint = vocab_fingerprint(model)
     finally:
         model.close()
-    session = CloudSession(address, fingerprint, connect_timeout_s=5.0, auth_token=token)
+    try:
+        session = CloudSession(address, fingerprint, connect_timeout_s=5.0, auth_token=token, tls=tls)
+    except CiterEdgeError as error:
+        return Check("cloud", FAIL, str(error), "check the --cloud-ca / --cloud-cert / --cloud-key paths")
     client_log = logging.getLogger("citer_edge.cloud_client")
     level = client_log.level
     client_log.setLevel(logging.ERROR)  # the check line says it; the client's own warning would say it twice

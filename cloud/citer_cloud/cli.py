@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("AUTH_TOKEN", "") or None,
         help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
     )
+    tls = serve_cmd.add_argument_group("TLS (needed wherever traffic leaves a private network)")
+    tls.add_argument(
+        "--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate chain [CITER_CLOUD_TLS_CERT]"
+    )
+    tls.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key [CITER_CLOUD_TLS_KEY]")
+    tls.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA", "") or None,
+        help="mutual TLS: accept only clients with a certificate signed by this CA [CITER_CLOUD_TLS_CLIENT_CA]",
+    )
     serve_cmd.add_argument(
         "--stop-on-stdin-eof",
         action="store_true",
@@ -89,7 +99,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    config = ServerConfig(
+    try:
+        config = _config(args, model)
+    except ValueError as error:
+        print(f"citer-cloud: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as error:
+        print(f"citer-cloud: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
+    return ServerConfig(
         model_path=model,
         host=args.host,
         port=args.port,
@@ -102,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.auth_token,
         verbose=args.verbose,
         stop_on_stdin_eof=args.stop_on_stdin_eof,
+        tls_cert=_path(args.tls_cert),
+        tls_key=_path(args.tls_key),
+        tls_client_ca=_path(args.tls_client_ca),
     )
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as error:
-        print(f"citer-cloud: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from citer_cloud.engine import Engine
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import SessionManager
+from citer_cloud.tls import exposure_warnings, server_credentials
 from citer_protocol import READY_LINE, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,29 @@ class ServerConfig:
     n_threads: int | None = None
     llama_extra_buffers: str | None = None  # auto/on/off; None: CITER_LLAMA_EXTRA_BUFFERS, else auto
     auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the port speaks TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: clients must present a certificate this CA signed
     verbose: bool = False
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
 
 
 class _Running:
     """The pieces of one started server, so both entry points stop them the same way."""
 
     def __init__(self, config: ServerConfig) -> None:
+        # Certificates are read before the model loads, so a wrong path fails in a second, not a minute.
+        credentials = (
+            server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+            if config.tls_cert is not None and config.tls_key is not None
+            else None
+        )
         self.backend = LlamaCppBackend(
             config.model_path,
             max_sessions=config.max_sessions,
@@ -62,7 +78,13 @@ class _Running:
             interceptors=interceptors, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
         pb_grpc.add_LlmServiceServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if credentials is not None:
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        for warning in exposure_warnings(config.host, tls=config.tls_cert is not None, auth=bool(config.auth_token)):
+            log.warning(warning)
         if self.port == 0:
             raise OSError(f"could not bind {config.host}:{config.port}")
 
