@@ -49,6 +49,18 @@ def test_each_bad_request_gets_its_status_and_the_session_survives(stub, server:
             dict(known_len=held, append=[], max_tokens=1, sampling=pb.SamplingParams(temperature=-1)),
             "INVALID_ARGUMENT",
         ),
+        "NaN temperature": (
+            dict(known_len=held, append=[], max_tokens=1, sampling=pb.SamplingParams(temperature=float("nan"))),
+            "INVALID_ARGUMENT",
+        ),
+        "infinite temperature": (
+            dict(known_len=held, append=[], max_tokens=1, sampling=pb.SamplingParams(temperature=float("inf"))),
+            "INVALID_ARGUMENT",
+        ),
+        "NaN top_p": (
+            dict(known_len=held, append=[], max_tokens=1, sampling=pb.SamplingParams(top_p=float("nan"))),
+            "INVALID_ARGUMENT",
+        ),
         "known_len ahead": (dict(known_len=held + 5, append=[], max_tokens=1), "FAILED_PRECONDITION"),
         "empty session id": (dict(session_id="", known_len=0, append=PROMPT, max_tokens=1), "INVALID_ARGUMENT"),
     }
@@ -100,3 +112,24 @@ def test_generate_rejects_an_empty_prompt(stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.Generate(pb.GenerateRequest(prompt=[], max_tokens=3), timeout=30))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_oversized_message_is_refused_by_the_receive_limit(stub, server: CloudServer) -> None:
+    """The limit follows max_request_tokens (300 here): ten times that many ids never reach the engine."""
+    before = server.sessions.stats()
+    error = rejection(stub, session_id="huge", known_len=0, append=[151000] * 3000, max_tokens=1)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    after = server.sessions.stats()
+    assert after.decode_requests == before.decode_requests and after.live_sessions == before.live_sessions
+
+
+def test_cloud_serve_on_a_taken_port_is_one_readable_line(smol_path, server: CloudServer) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "citer_cloud.cli", "serve", "--model", str(smol_path), "--port", str(server.port)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"citer-cloud: error: port {server.port} on 127.0.0.1 is already in use"

@@ -64,7 +64,7 @@ def test_buffers_benchmark_reports_both_phases_of_a_setting(smol_path) -> None:
 
     from citer_bench.buffers import run_setting
 
-    args = argparse.Namespace(prompt_tokens=64, decode_tokens=8, repeats=1, threads=2)
+    args = argparse.Namespace(prompt_tokens=64, decode_tokens=8, repeats=1, threads=2, timeout_s=300)
     row = run_setting(args, str(smol_path), "off", "installed", None)
     assert row["exit"] == "ok", row
     assert row["decode"]["median_tokens_per_s"] > 0 and row["prefill"]["median_tokens_per_s"] > 0

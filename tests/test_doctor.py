@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from citer_cloud.server import CloudServer
-from citer_protocol.llama_loader import EXTRA_BUFFERS_ENV
+from citer_protocol.llama_loader import EXTRA_BUFFERS_ENV, CpuInfo
 from tests.test_cli import run_cli
 
 
@@ -23,7 +25,8 @@ def test_doctor_reports_machine_and_a_working_decode(smol_path: Path) -> None:
     checks = _checks(payload)
     for name in ("python", "cpu", "llama.cpp", "buffers", "onnxruntime"):
         assert name in checks, name
-    assert "avx2" in checks["cpu"]["detail"] and "amx_int8" in checks["cpu"]["detail"]
+    amx = "yes" if CpuInfo.read().amx else "no"
+    assert f"amx_int8 {amx}" in checks["cpu"]["detail"]
     assert "extra buffers" in checks["buffers"]["detail"]
     assert checks["batched decode"]["status"] == "ok"
     assert checks["batched decode"]["detail"].startswith("64 tokens in ")
@@ -88,3 +91,50 @@ def test_doctor_rejects_a_bad_buffer_setting(smol_path: Path) -> None:
         .splitlines()[-1]
         .startswith(f"BROKEN: buffers: {EXTRA_BUFFERS_ENV} must be one of auto, on, off, got 'sometimes'")
     )
+
+
+def test_doctor_reports_an_unreadable_slm_instead_of_crashing(tmp_path: Path) -> None:
+    garbage = tmp_path / "broken.gguf"
+    garbage.write_bytes(b"GGUF" + bytes(64))
+    result = run_cli("doctor", "--slm", str(garbage), "--json")
+    assert result.returncode == 1, result.stderr
+    payload = json.loads(result.stdout)
+    slm = _checks(payload)["slm"]
+    assert slm["status"] == "fail" and slm["detail"].startswith(f"llama.cpp cannot read {garbage}")
+    assert "batched decode" not in _checks(payload)
+
+
+def test_doctor_fails_on_a_mistyped_slm_path(tmp_path: Path) -> None:
+    result = run_cli("doctor", "--slm", str(tmp_path / "typo.gguf"))
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1].startswith(f"BROKEN: slm: model file not found: {tmp_path}")
+
+
+def test_doctor_survives_a_llama_cpp_that_does_not_load(smol_path: Path, tmp_path: Path) -> None:
+    """A fake llama_cpp package that fails to import (a real broken install cannot be made on demand)."""
+    fake = tmp_path / "llama_cpp"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise OSError('libllama.so: cannot open shared object file')\n")
+    result = run_cli("doctor", "--slm", str(smol_path), "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, result.stderr
+    payload = json.loads(result.stdout)
+    llama = _checks(payload)["llama.cpp"]
+    assert llama["status"] == "fail" and "libllama.so: cannot open shared object file" in llama["detail"]
+    assert llama["fix"].startswith("python -m pip install --force-reinstall")
+    assert payload["verdict"].startswith("BROKEN: llama.cpp: llama-cpp-python does not load")
+
+
+def test_doctor_with_its_own_buffer_flag_ignores_a_bad_environment(smol_path: Path) -> None:
+    result = run_cli(
+        "doctor", "--slm", str(smol_path), "--llama-extra-buffers", "off", "--json", env={EXTRA_BUFFERS_ENV: "fast"}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "forced off" in _checks(json.loads(result.stdout))["buffers"]["detail"]
+
+
+@pytest.mark.qwen
+def test_doctor_refuses_a_cloud_with_another_tokenizer(qwen_slm_path: Path, smol_server: CloudServer) -> None:
+    result = run_cli("doctor", "--slm", str(qwen_slm_path), "--cloud", smol_server.address, "--json")
+    assert result.returncode == 1
+    cloud = _checks(json.loads(result.stdout))["cloud"]
+    assert cloud["status"] == "fail" and "uses a different tokenizer" in cloud["detail"]

@@ -132,7 +132,7 @@ def test_loader_rejects_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_batched_decode_through_the_loader_exits_cleanly(smol_path: Path) -> None:
-    """The regression test for the AMX crash: a 64-token batch in a child process must exit 0 (not SIGSEGV)."""
+    """The regression test for the AMX crash: a 96-token batch in a child process must exit 0 (not SIGSEGV)."""
     result = subprocess.run(
         [sys.executable, "-m", "citer_protocol.llama_check", str(smol_path), "--tokens", "96"],
         capture_output=True,
@@ -149,14 +149,32 @@ def test_check_reports_the_decode_result(smol_path: Path) -> None:
     assert result.detail.startswith("64 tokens in ")
 
 
-def test_extra_buffers_off_keeps_weights_in_the_plain_cpu_buffer(smol_path: Path) -> None:
-    """``off`` must reach llama.cpp: its load log then names no AMX or repack weight buffer."""
+def _weight_buffers(model: Path, setting: str) -> list[str]:
+    """The weight-buffer lines of llama.cpp's verbose load log for ``setting``, from a child process."""
     script = (
         "import sys; from citer_protocol.llama_loader import load_llama_model; "
-        "load_llama_model(sys.argv[1], extra_buffers='off', verbose=True).close()"
+        "load_llama_model(sys.argv[1], extra_buffers=sys.argv[2], verbose=True).close()"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(smol_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(model), setting], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    buffer_lines = [line for line in result.stderr.splitlines() if "model buffer size" in line]
-    assert buffer_lines, "llama.cpp's verbose load log names the weight buffers"
-    assert not [line for line in buffer_lines if "AMX" in line or "REPACK" in line], buffer_lines
+    return [line for line in result.stderr.splitlines() if "model buffer size" in line]
+
+
+def test_extra_buffers_setting_reaches_llama_cpp(smol_path: Path) -> None:
+    """``on`` lets llama.cpp place weights in an AMX or repack buffer where it has one for them; ``off`` never."""
+    extra = [line for line in _weight_buffers(smol_path, "on") if "AMX" in line or "REPACK" in line]
+    if not extra:
+        pytest.skip("llama.cpp has no extra buffer for this model's weights on this CPU: nothing to turn off")
+    off = _weight_buffers(smol_path, "off")
+    assert off, "llama.cpp's verbose load log names the weight buffers"
+    assert not [line for line in off if "AMX" in line or "REPACK" in line], off
+
+
+def test_unknown_cpu_flags_with_an_amx_build_turn_extra_buffers_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc/cpuinfo (Windows on a Xeon): the AMX kernels might run, so auto stays safe."""
+    monkeypatch.delenv(EXTRA_BUFFERS_ENV, raising=False)
+    unknown = CpuInfo(model_name="unknown", flags=frozenset())
+    assert not choose_buffer_policy(cpu=unknown, build_features=AMX_BUILD).use_extra_buffers
+    assert choose_buffer_policy(cpu=unknown, build_features=PORTABLE_BUILD).use_extra_buffers

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,7 @@ import time
 
 from citer_bench.machine import machine_description, write_result
 from citer_edge.models import DEFAULT_SLM, resolve_model
-
-_TEXT = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+from citer_protocol.llama_check import FILLER_TEXT, describe_exit
 
 
 def child(model: str, setting: str, prompt_tokens: int, decode_tokens: int, repeats: int, threads: int) -> None:
@@ -41,7 +39,7 @@ def child(model: str, setting: str, prompt_tokens: int, decode_tokens: int, repe
     from citer_protocol.llama_loader import llama_system_info
 
     with LocalModel(model, n_ctx=prompt_tokens + decode_tokens + 8, n_threads=threads, extra_buffers=setting) as slm:
-        prompt = slm.tokenize(_TEXT * (prompt_tokens // 8 + 1))[:prompt_tokens]
+        prompt = slm.tokenize(FILLER_TEXT * (prompt_tokens // 8 + 1))[:prompt_tokens]
         _emit(
             phase="loaded",
             llama_cpp_python=llama_cpp.__version__,
@@ -79,8 +77,19 @@ def run_setting(args: argparse.Namespace, model: str, setting: str, build: str, 
         "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens),
         "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-    row: dict[str, object] = {"build": build, "setting": setting, "exit": _describe_exit(result.returncode)}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout_s)
+    except subprocess.TimeoutExpired as expired:  # a hung setting is a result too, with what it printed
+        output = [
+            (text or b"").decode() if isinstance(text, bytes) else text or ""
+            for text in (expired.stdout, expired.stderr)
+        ]
+        result = subprocess.CompletedProcess(command, -1, *output)
+        hung = True
+    else:
+        hung = False
+    exit_text = f"no exit within {args.timeout_s:.0f} s" if hung else describe_exit(result.returncode)
+    row: dict[str, object] = {"build": build, "setting": setting, "exit": exit_text}
     for line in result.stdout.splitlines():
         fields = json.loads(line)
         phase = fields.pop("phase")
@@ -92,12 +101,6 @@ def run_setting(args: argparse.Namespace, model: str, setting: str, build: str, 
     if result.returncode != 0:
         row["stderr_tail"] = result.stderr.strip().splitlines()[-3:]
     return row
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
-    return "ok" if returncode == 0 else f"exit status {returncode}"
 
 
 def _rate(row: dict, phase: str) -> str:
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=128, help="one-token decode steps")
     parser.add_argument("--repeats", type=int, default=3, help="runs per phase (the median is reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--timeout-s", type=float, default=1800, help="seconds one setting may run")
     parser.add_argument("--name", default="llama-buffers", help="result file name under bench/results/")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, args.setting, args.prompt_tokens, args.decode_tokens, args.repeats, args.threads)
         return 0
+    machine = machine_description()  # first: a bad CITER_LLAMA_EXTRA_BUFFERS fails before any run, not after
     model = str(resolve_model(args.slm))
     builds: list[tuple[str, str | None]] = [("installed", None)]
     for spec in args.build:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         args.name,
         {
             "benchmark": "llama-buffers",
-            "machine": machine_description(),
+            "machine": machine,
             "settings": {
                 "slm": os.path.basename(model),
                 "prompt_tokens": args.prompt_tokens,

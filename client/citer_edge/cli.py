@@ -15,19 +15,19 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from citer_edge import models
-from citer_edge.chat import Conversation
 from citer_edge.cloud_channel import CloudTls
-from citer_edge.cloud_client import CloudSession
-from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
 from citer_edge.errors import CiterEdgeError
-from citer_edge.local_cloud import LocalCloud
 from citer_edge.policies import POLICY_NAMES, make_policy
-from citer_edge.router import RouterPolicy, default_policy
-from citer_edge.slm import LocalModel
 from citer_protocol import SamplingSettings
-from citer_protocol.llama_loader import EXTRA_BUFFER_SETTINGS, EXTRA_BUFFERS_ENV
+from citer_protocol.llama_loader import add_extra_buffers_argument
+
+if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even when llama.cpp does not load
+    from citer_edge.cloud_client import CloudSession
+    from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
+    from citer_edge.slm import LocalModel
 
 log = logging.getLogger("citer_edge")
 
@@ -93,13 +93,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     routing.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
     routing.add_argument("--n-ctx", type=int, default=int(_env("N_CTX", "4096")), help="SLM context window")
     routing.add_argument("--threads", type=int, default=int(_env("THREADS", "0")) or None, help="SLM CPU threads")
-    routing.add_argument(
-        "--llama-extra-buffers",
-        choices=EXTRA_BUFFER_SETTINGS,
-        default=None,
-        help="llama.cpp extra weight buffers (AMX, repack) for the SLM and a --local-cloud; auto turns them off "
-        f"on AMX CPUs, where they crash batched decoding [{EXTRA_BUFFERS_ENV}]",
-    )
+    add_extra_buffers_argument(routing, " for the SLM and a --local-cloud")
     parser.add_argument("--show-routing", action="store_true", help="highlight tokens that came from the cloud LLM")
     parser.add_argument("-v", "--verbose", action="store_true", default=_env("VERBOSE") == "1", help="debug logging")
 
@@ -173,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--cloud-token", default=_env("CLOUD_TOKEN"), help="bearer token [CITER_EDGE_CLOUD_TOKEN]")
     _add_tls_options(doctor)
-    doctor.add_argument(
-        "--llama-extra-buffers", choices=EXTRA_BUFFER_SETTINGS, default=None, help=f"as for chat [{EXTRA_BUFFERS_ENV}]"
-    )
+    add_extra_buffers_argument(doctor)
     doctor.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     doctor.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -195,6 +187,12 @@ class Runtime:
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     """Load the SLM and the policy (bad options fail here, before any server starts), then reach the cloud."""
+    from citer_edge.cloud_client import CloudSession
+    from citer_edge.decode import HybridGenerator
+    from citer_edge.local_cloud import LocalCloud
+    from citer_edge.router import RouterPolicy, default_policy
+    from citer_edge.slm import LocalModel
+
     with contextlib.ExitStack() as stack:
         slm_path = models.resolve_model(args.slm)
         llm_path = models.resolve_model(args.llm) if args.local_cloud else None
@@ -286,6 +284,8 @@ def _print_stream(stream: GenerationStream, show_routing: bool, interruptible: b
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from citer_edge.chat import Conversation
+
     with open_runtime(args) as runtime:
         conversation = Conversation(runtime.slm, system=args.system)
         one_shot = args.prompt is not None
@@ -311,6 +311,8 @@ def _read_message() -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from citer_edge.chat import Conversation
+
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     with open_runtime(args) as runtime:
         if args.raw:

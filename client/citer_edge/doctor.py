@@ -26,6 +26,8 @@ from citer_protocol.llama_loader import (
     cpu_flag_summary,
     llama_build_features,
     llama_system_info,
+    load_llama_model,
+    vocab_fingerprint,
 )
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -90,14 +92,14 @@ def run_doctor(
     llama_ok = _llama_checks(checks, cpu, extra_buffers)
     progress("checking models")
     checks.extend(_model_checks())
-    slm_path = _resolve_slm(checks, slm)
-    if llama_ok and slm_path is not None:
-        progress(f"decoding a batch with {slm_path.name}")
-        checks.append(_decode_check(slm_path, extra_buffers))
-    checks.extend(_router_checks(slm_path if llama_ok else None))
+    slm_facts = _read_slm(checks, slm, extra_buffers) if llama_ok else None
+    if slm_facts is not None:
+        progress(f"decoding a batch with {slm_facts.path.name}")
+        checks.append(_decode_check(slm_facts.path, extra_buffers))
+    checks.extend(_router_checks(slm_facts))
     if cloud:
         progress(f"asking the cloud at {cloud}")
-        checks.append(_cloud_check(cloud, cloud_token, slm_path if llama_ok else None, tls))
+        checks.append(_cloud_check(cloud, cloud_token, slm_facts, tls))
     return Report(checks)
 
 
@@ -106,10 +108,9 @@ def _llama_checks(checks: list[Check], cpu: CpuInfo, extra_buffers: str | None) 
         import llama_cpp
 
         info = llama_system_info()
-    except (ImportError, OSError) as error:
-        checks.append(
-            Check("llama.cpp", FAIL, f"llama-cpp-python does not load: {error}", "python -m pip install -e .")
-        )
+    except (ImportError, OSError, RuntimeError) as error:  # a missing module, or its native library failing
+        fix = "python -m pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36"
+        checks.append(Check("llama.cpp", FAIL, f"llama-cpp-python does not load: {error}", fix))
         return False
     checks.append(Check("llama.cpp", INFO, f"llama-cpp-python {llama_cpp.__version__}; {info}"))
     try:
@@ -149,14 +150,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve_slm(checks: list[Check], slm: str) -> Path | None:
+@dataclass(frozen=True)
+class SlmFacts:
+    """What the later checks need from the SLM, read once from its vocabulary and metadata."""
+
+    path: Path
+    hidden_size: int
+    fingerprint: str
+
+
+def _read_slm(checks: list[Check], slm: str, extra_buffers: str | None) -> SlmFacts | None:
     try:
         path = models.resolve_model(slm, pull=False)
     except models.ModelNotFoundError as error:
-        checks.append(Check("slm", WARN, f"{error}; llama.cpp and the router were not tried on it", None))
+        if slm in models.REGISTRY:  # a default not downloaded yet: pulled on first use, nothing is broken
+            checks.append(Check("slm", WARN, f"{error}; llama.cpp and the router were not tried on it"))
+        else:
+            checks.append(Check("slm", FAIL, str(error), "pass --slm an existing GGUF path or a model alias"))
         return None
-    checks.append(Check("slm", INFO, str(path)))
-    return path
+    try:
+        model = load_llama_model(path, extra_buffers=extra_buffers, vocab_only=True)  # no weights: fast
+        try:
+            metadata = model.metadata()
+            fingerprint = vocab_fingerprint(model)
+        finally:
+            model.close()
+    except (ValueError, RuntimeError, OSError) as error:
+        fix = "replace the file (a default model: delete it and run `citer-edge models pull`)"
+        checks.append(Check("slm", FAIL, f"llama.cpp cannot read {path}: {error}", fix))
+        return None
+    hidden_size = int(metadata.get(f"{metadata.get('general.architecture', '')}.embedding_length", 0))
+    checks.append(Check("slm", INFO, f"{path} (hidden size {hidden_size})"))
+    return SlmFacts(path, hidden_size, fingerprint)
 
 
 def _decode_check(slm_path: Path, extra_buffers: str | None) -> Check:
@@ -169,64 +194,49 @@ def _decode_check(slm_path: Path, extra_buffers: str | None) -> Check:
     return Check("batched decode", FAIL, f"{result.detail} ({slm_path.name}, {result.buffers})", fix)
 
 
-def _router_checks(slm_path: Path | None) -> list[Check]:
+def _router_checks(slm: SlmFacts | None) -> list[Check]:
     try:
         import onnxruntime as ort
-    except ImportError as error:
-        return [Check("onnxruntime", FAIL, f"does not load: {error}", "python -m pip install onnxruntime")]
+    except (ImportError, OSError) as error:
+        return [
+            Check("onnxruntime", FAIL, f"does not load: {error}", "python -m pip install --force-reinstall onnxruntime")
+        ]
     checks = [Check("onnxruntime", INFO, f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}")]
-    if slm_path is None:
+    if slm is None:
         return checks
+    import numpy as np
+
     from citer_edge.errors import CiterEdgeError
     from citer_edge.features import LOGIT_STAT_NAMES
     from citer_edge.router import RouterPolicy, shipped_router
-    from citer_protocol.llama_loader import load_llama_model
 
-    model = load_llama_model(slm_path, vocab_only=True)  # hparams are not loaded: read the size from metadata
-    try:
-        metadata = model.metadata()
-    finally:
-        model.close()
-    hidden_size = int(metadata.get(f"{metadata.get('general.architecture', '')}.embedding_length", 0))
-    router_path = shipped_router(slm_path.name, hidden_size)
+    router_path = shipped_router(slm.path.name, slm.hidden_size)
     if router_path is None:
         checks.append(
-            Check("router", INFO, f"none shipped for {slm_path.name}; --policy auto uses the confidence rule")
+            Check("router", INFO, f"none shipped for {slm.path.name}; --policy auto uses the confidence rule")
         )
         return checks
     try:
-        import numpy as np
-
-        policy = RouterPolicy.load(router_path, hidden_size, cloud_share=0.2)
-        row = np.zeros((1, hidden_size + len(LOGIT_STAT_NAMES)), dtype=np.float32)
+        policy = RouterPolicy.load(router_path, slm.hidden_size, cloud_share=0.2)
+        row = np.zeros((1, slm.hidden_size + len(LOGIT_STAT_NAMES)), dtype=np.float32)
         p_critical = float(policy.router.predict(row)[0])
         if not 0.0 <= p_critical <= 1.0:
             raise CiterEdgeError(f"scored a zero row as {p_critical}, not a probability")
     except (CiterEdgeError, ValueError, RuntimeError, OSError) as error:
-        return [
-            *checks,
-            Check(
-                "router", FAIL, f"{router_path.name}: {error}", "python -m pip install -e . --force-reinstall --no-deps"
-            ),
-        ]
+        fix = "python -m pip install -e . --force-reinstall --no-deps"
+        return [*checks, Check("router", FAIL, f"{router_path.name}: {error}", fix)]
     checks.append(Check("router", OK, f"{router_path.name} loads and scores; {policy.describe()} at --cloud-share 0.2"))
     return checks
 
 
-def _cloud_check(address: str, token: str | None, slm_path: Path | None, tls: CloudTls | None) -> Check:
+def _cloud_check(address: str, token: str | None, slm: SlmFacts | None, tls: CloudTls | None) -> Check:
     from citer_edge.cloud_client import CloudSession
     from citer_edge.errors import CiterEdgeError
-    from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
 
-    if slm_path is None:
-        return Check("cloud", WARN, f"{address}: not checked (no SLM to pair it with)", "citer-edge models pull")
-    model = load_llama_model(slm_path, vocab_only=True)
+    if slm is None:
+        return Check("cloud", WARN, f"{address}: not checked (no SLM to pair it with)")
     try:
-        fingerprint = vocab_fingerprint(model)
-    finally:
-        model.close()
-    try:
-        session = CloudSession(address, fingerprint, connect_timeout_s=5.0, auth_token=token, tls=tls)
+        session = CloudSession(address, slm.fingerprint, connect_timeout_s=5.0, auth_token=token, tls=tls)
     except CiterEdgeError as error:
         return Check("cloud", FAIL, str(error), "check the --cloud-ca / --cloud-cert / --cloud-key paths")
     client_log = logging.getLogger("citer_edge.cloud_client")
@@ -237,7 +247,7 @@ def _cloud_check(address: str, token: str | None, slm_path: Path | None, tls: Cl
             return Check("cloud", FAIL, session.last_error or f"{address} does not answer", START_CLOUD_HINT)
         info = session.info
         assert info is not None
-        return Check("cloud", OK, f"{address} serves {info.model_name} ({info.backend}); pairs with {slm_path.name}")
+        return Check("cloud", OK, f"{address} serves {info.model_name} ({info.backend}); pairs with {slm.path.name}")
     except CiterEdgeError as error:
         return Check("cloud", FAIL, str(error), "pair models that share a tokenizer, or pass the right --cloud-token")
     finally:

@@ -11,6 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+#: The one service answered without a token: health says only SERVING or NOT_SERVING.
+UNGUARDED_PREFIX = "/grpc.health.v1.Health/"
+
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
@@ -21,6 +24,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.startswith(UNGUARDED_PREFIX):
+            return await continuation(handler_call_details)  # load balancers probe health without credentials
         metadata = dict(handler_call_details.invocation_metadata or ())
         presented = str(metadata.get("authorization", "")).encode()
         if hmac.compare_digest(presented, self._expected):

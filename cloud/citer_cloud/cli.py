@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from citer_cloud.server import ServerConfig, serve
-from citer_protocol.llama_loader import EXTRA_BUFFER_SETTINGS, EXTRA_BUFFERS_ENV
+from citer_protocol.llama_loader import add_extra_buffers_argument
 
 
 def _env(name: str, default: str) -> str:
@@ -54,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--threads", type=int, default=int(_env("THREADS", "0")) or None, help="CPU threads [CITER_CLOUD_THREADS]"
     )
-    serve_cmd.add_argument(
-        "--llama-extra-buffers",
-        choices=EXTRA_BUFFER_SETTINGS,
-        default=None,
-        help="llama.cpp extra weight buffers (AMX, repack); auto turns them off on AMX CPUs, where they crash "
-        f"batched decoding [{EXTRA_BUFFERS_ENV}]",
-    )
+    add_extra_buffers_argument(serve_cmd)
     serve_cmd.add_argument(
         "--auth-token",
         default=_env("AUTH_TOKEN", "") or None,

@@ -110,18 +110,16 @@ class Engine:
                 log.exception("engine step failed")
                 self._fail_running(RuntimeError("the LLM backend failed; see the server log"))
         self._fail_running(RuntimeError("the server is shutting down"))
-        for ticket in self._waiting:
-            ticket.future.set_exception(RuntimeError("the server is shutting down"))
+        with self._wake:
+            leftovers = [*self._waiting, *self._inbox]
+            self._inbox.clear()
+        for item in leftovers:
+            (item[1] if isinstance(item, tuple) else item.future).cancel()
 
     def _admit(self, arrived: list[DecodeTicket | tuple[Callable[[], object], Future]]) -> None:
         for item in arrived:
             if isinstance(item, tuple):
-                fn, future = item
-                try:
-                    future.set_result(fn())
-                except Exception as error:  # handed to the caller, who raises it
-                    future.set_exception(error)
-                self._answer_finished()
+                self._run_call(*item)
             else:
                 self._waiting.append(item)
         busy = {ticket.session_id for ticket in self._running}
@@ -131,10 +129,21 @@ class Engine:
                 ticket.future.cancel()
             elif ticket.session_id in busy:
                 still_waiting.append(ticket)  # one request per session at a time, in arrival order
-            else:
+            elif ticket.future.set_running_or_notify_cancel():  # from here on nobody else can cancel it
                 busy.add(ticket.session_id)
                 self._start(ticket)
         self._waiting = still_waiting
+
+    def _run_call(self, fn: Callable[[], object], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # its caller stopped waiting (a deadline): nothing to do, nobody to tell
+        try:
+            result = fn()
+        except Exception as error:  # handed to the caller, who raises it
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+        self._answer_finished()  # the call may have ended jobs (closing a session fails its request)
 
     def _start(self, ticket: DecodeTicket) -> None:
         try:
@@ -142,6 +151,10 @@ class Engine:
                 ticket.session_id, ticket.known_len, ticket.append, ticket.max_tokens, ticket.sampling
             )
         except RequestError as error:
+            ticket.future.set_exception(error)
+            return
+        except Exception as error:  # a bug or a backend failure: this request fails, the engine goes on
+            log.exception("could not start a request")
             ticket.future.set_exception(error)
             return
         if ticket.job.done:
@@ -170,7 +183,7 @@ class Engine:
                 continue
             self._running.remove(ticket)
             if job.cancelled:
-                ticket.future.cancel() or ticket.future.set_exception(RuntimeError("cancelled"))
+                ticket.future.set_exception(RuntimeError("cancelled: the client went away"))
             elif job.error is not None:
                 ticket.future.set_exception(job.error)
             else:

@@ -7,20 +7,27 @@ background thread, for embedding in another program and for tests.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from citer_cloud.auth import BearerTokenInterceptor
 from citer_cloud.engine import Engine
+from citer_cloud.health import SERVICE_NAMES as HEALTH_SERVICE_NAMES
+from citer_cloud.health import EngineHealth
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.service import LlmServicer
-from citer_cloud.sessions import SessionManager
+from citer_cloud.sessions import MAX_SESSION_ID_LEN, SessionManager
 from citer_cloud.tls import exposure_warnings, server_credentials
 from citer_protocol import READY_LINE, pb_grpc
 
@@ -43,6 +50,8 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # mutual TLS: clients must present a certificate this CA signed
     verbose: bool = False
+    health_probe_interval_s: float = 5.0  # how often the health watchdog asks the engine for a sign of life
+    health_probe_timeout_s: float = 30.0  # no answer for this long: NOT_SERVING
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
 
     def __post_init__(self) -> None:
@@ -56,6 +65,7 @@ class _Running:
     """The pieces of one started server, so both entry points stop them the same way."""
 
     def __init__(self, config: ServerConfig) -> None:
+        check_port_free(config.host, config.port)
         # Certificates are read before the model loads, so a wrong path fails in a second, not a minute.
         credentials = (
             server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -74,24 +84,64 @@ class _Running:
         self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
         self.servicer = LlmServicer(self.engine)
         interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
-        self.server = grpc.aio.server(
-            interceptors=interceptors, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_request_bytes(config.max_request_tokens)),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not silently share it
+        ]
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_LlmServiceServicer_to_server(self.servicer, self.server)
+        self.health = EngineHealth(self.engine, config.health_probe_interval_s, config.health_probe_timeout_s)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        reflection.enable_server_reflection(
+            (*HEALTH_SERVICE_NAMES[1:], grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         address = f"{config.host}:{config.port}"
-        if credentials is not None:
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc.aio's way of saying the bind failed
+            self.port = 0
         for warning in exposure_warnings(config.host, tls=config.tls_cert is not None, auth=bool(config.auth_token)):
             log.warning(warning)
         if self.port == 0:
-            raise OSError(f"could not bind {config.host}:{config.port}")
+            raise OSError(f"could not bind {config.host}:{config.port} (is the port in use?)")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.start()
 
     async def stop(self, grace_s: float) -> None:
+        """Drain: NOT_SERVING first (balancers stop sending), then let in-flight calls finish for ``grace_s``."""
+        await self.health.drain()
         await self.server.stop(grace=grace_s)
         self.servicer.shutdown()
         self.backend.close()
+
+
+def max_request_bytes(max_request_tokens: int) -> int:
+    """The largest DecodeRequest worth receiving: ids are varints of at most 5 bytes, plus small fields."""
+    return 4096 + MAX_SESSION_ID_LEN + 5 * max_request_tokens
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a second, with a readable message, when the port is taken (before a model takes a minute to load)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise OSError(f"cannot resolve the bind address {host!r}: {error.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is not "in use"
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} on {host} is already in use") from None
+            raise OSError(f"cannot bind {host}:{port}: {error.strerror}") from None
 
 
 async def serve(config: ServerConfig) -> None:
@@ -104,7 +154,7 @@ async def serve(config: ServerConfig) -> None:
     signal that always arrives.
     """
     running = _Running(config)
-    await running.server.start()
+    await running.start()
     print(f"{READY_LINE} {running.port}", flush=True)
     log.info("serving %s on %s:%d", running.backend.info.model_name, config.host, running.port)
     stop = asyncio.Event()
@@ -148,12 +198,18 @@ class CloudServer:
         assert self._running is not None, "server not started"
         return self._running.sessions
 
+    @property
+    def engine(self) -> Engine:
+        """The batching engine (``engine.call(fn)`` runs ``fn`` between its steps)."""
+        assert self._running is not None, "server not started"
+        return self._running.engine
+
     def start(self) -> CloudServer:
         self._thread.start()
 
         async def start() -> _Running:
             running = _Running(self.config)
-            await running.server.start()
+            await running.start()
             return running
 
         self._running = asyncio.run_coroutine_threadsafe(start(), self._loop).result()

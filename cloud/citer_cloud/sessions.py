@@ -205,7 +205,12 @@ class SessionManager:
         it never holds up the others' decode steps.
         """
         with self._lock:
-            budget = token_budget or self.backend.max_batch_tokens
+            budget = min(token_budget or self.backend.max_batch_tokens, self.backend.max_batch_tokens)
+            free_cells = self.backend.info.kv_capacity - sum(s.n_evaluated for s in self._sessions.values())
+            if free_cells < 1:
+                self._make_room([job for job in jobs if not job.done])
+                return
+            budget = min(budget, free_cells)  # what does not fit waits for the next step instead of failing
             plan: list[tuple[DecodeJob, int]] = []
             for job in sorted((j for j in jobs if not j.done), key=lambda j: j.pending > 1):
                 take = min(job.pending, budget)
@@ -331,16 +336,21 @@ class SessionManager:
             job.finished = True
 
     def _make_room(self, jobs: list[DecodeJob]) -> None:
-        """The batch did not fit the KV cache: evict an idle session, else run the jobs alone, else refuse."""
-        if self._evict_lru(keep={job.session.session_id for job in jobs}):
-            return  # the next step retries with the room freed
+        """No KV room for the next step: evict one session and let the next step retry.
+
+        Idle sessions go first, then running ones outside this step, then (when every session is
+        in this step) the least recently used of them: its request fails with SESSION_EVICTED and
+        its client resends. A request that cannot fit even alone is refused.
+        """
+        if not jobs:
+            return
+        in_step = {job.session.session_id for job in jobs}
+        if self._evict_lru(keep=in_step) or self._evict_lru(keep=in_step, include_busy=True):
+            return
         if len(jobs) > 1:
-            for job in jobs:
-                self.step([job])
+            self._evict_lru(keep=set(), include_busy=True)
             return
         (job,) = jobs
-        if self._evict_lru(keep={job.session.session_id}, include_busy=True):
-            return
         pending = job.pending
         del job.session.tokens[job.session.n_evaluated :]  # what did not fit is not kept
         job.error = RequestError(

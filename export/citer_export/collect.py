@@ -42,6 +42,7 @@ from citer_edge.slm import LocalModel
 from citer_export.corpus import CodePrompt, shuffled_prompts, stdlib_function_prompts
 from citer_export.dataset import RouterDataset
 from citer_export.labels import code_outcome, gap_labels, is_critical
+from citer_protocol.llama_loader import add_extra_buffers_argument
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +191,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LLM tokens per rollout branch where tokens differ (0: use --gap instead)")  # fmt: skip
     parser.add_argument("--router", type=Path, help="router.onnx whose trajectories to label (CITER round ≥ 2)")
     parser.add_argument("--cloud-share", type=float, default=0.2, help="the router's target share on trajectories")
+    add_extra_buffers_argument(parser, " for both models")
 
 
 def run(args: argparse.Namespace) -> int:
     slm_path, llm_path = resolve_model(args.slm), resolve_model(args.llm)
     corpus = shuffled_prompts(stdlib_function_prompts(), args.shuffle_seed)[args.offset : args.offset + args.prompts]
     args.out.mkdir(parents=True, exist_ok=True)
-    with LocalModel(slm_path, n_ctx=2048) as slm, LocalModel(llm_path, n_ctx=2048) as llm:
+    buffers = args.llama_extra_buffers
+    with (
+        LocalModel(slm_path, n_ctx=2048, extra_buffers=buffers) as slm,
+        LocalModel(llm_path, n_ctx=2048, extra_buffers=buffers) as llm,
+    ):
         if slm.fingerprint != llm.fingerprint:
             raise SystemExit("citer-export: error: the SLM and the LLM do not share a tokenizer")
         router = RouterPolicy.load(args.router, slm.hidden_size, cloud_share=args.cloud_share) if args.router else None

@@ -21,7 +21,8 @@ from citer_protocol.llama_loader import choose_buffer_policy, load_llama_model
 
 #: Enough tokens that llama.cpp runs its batched (matrix-matrix) kernels, not the one-token path.
 DEFAULT_TOKENS = 64
-_FILLER = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+#: Text to tokenize into test batches: plain code, no special tokens.
+FILLER_TEXT = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
 
 
 def batched_decode(model_path: str | os.PathLike[str], n_tokens: int = DEFAULT_TOKENS) -> float:
@@ -35,7 +36,7 @@ def batched_decode(model_path: str | os.PathLike[str], n_tokens: int = DEFAULT_T
     params.n_threads = params.n_threads_batch = os.cpu_count() or 1
     ctx = llama_internals.LlamaContext(model=model, params=params, verbose=False)
     try:
-        text = _FILLER * (n_tokens // 8 + 1)
+        text = FILLER_TEXT * (n_tokens // 8 + 1)
         tokens = model.tokenize(text.encode(), True, False)[:n_tokens]
         if len(tokens) < n_tokens:
             raise RuntimeError(f"could not make {n_tokens} tokens of test text")
@@ -79,12 +80,16 @@ def check_batched_decode(
         return DecodeCheck(False, -1, f"no answer within {timeout_s:.0f} s", buffers)
     if result.returncode == 0:
         return DecodeCheck(True, 0, result.stdout.strip(), buffers)
-    if result.returncode < 0:
-        detail = f"killed by {signal.Signals(-result.returncode).name}"
-    else:
-        lines = result.stderr.strip().splitlines()
-        detail = lines[-1] if lines else f"exit status {result.returncode}"
+    lines = result.stderr.strip().splitlines()
+    detail = lines[-1] if result.returncode > 0 and lines else describe_exit(result.returncode)
     return DecodeCheck(False, result.returncode, detail, buffers)
+
+
+def describe_exit(returncode: int) -> str:
+    """``ok``, ``killed by SIGSEGV`` or ``exit status N``: how a child process ended, in words."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return "ok" if returncode == 0 else f"exit status {returncode}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ reference decoder all load models here, so one policy protects them all.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import platform
@@ -136,10 +137,13 @@ def choose_buffer_policy(
     if value == "off":
         return BufferPolicy(value, False, "forced off")
     cpu = cpu if cpu is not None else CpuInfo.read()
+    features = build_features if build_features is not None else llama_build_features()
+    build_has_amx = features.get("AMX_INT8") == "1"
+    if not cpu.flags and build_has_amx:  # no /proc/cpuinfo (e.g. Windows): assume the worst
+        return BufferPolicy(value, False, "CPU flags unknown and this llama.cpp build has AMX kernels")
     if not cpu.amx:
         return BufferPolicy(value, True, "CPU reports no AMX")
-    features = build_features if build_features is not None else llama_build_features()
-    if features.get("AMX_INT8") != "1":
+    if not build_has_amx:
         return BufferPolicy(value, True, "CPU has AMX but this llama.cpp build has no AMX kernels")
     return BufferPolicy(
         value,
@@ -177,6 +181,17 @@ def load_llama_model(
     params.use_extra_bufts = policy.use_extra_buffers
     params.vocab_only = vocab_only
     return llama_internals.LlamaModel(path_model=str(path), params=params, verbose=verbose)
+
+
+def add_extra_buffers_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, scope: str = "") -> None:
+    """``--llama-extra-buffers`` for every CLI that loads llama.cpp models (None: the environment decides)."""
+    parser.add_argument(
+        "--llama-extra-buffers",
+        choices=EXTRA_BUFFER_SETTINGS,
+        default=None,
+        help=f"llama.cpp extra weight buffers (AMX, repack){scope}; auto turns them off on AMX CPUs, where they "
+        f"crash batched decoding [{EXTRA_BUFFERS_ENV}]",
+    )
 
 
 def vocab_fingerprint(model) -> str:
