@@ -34,9 +34,12 @@ def test_every_rpc_kind_is_guarded(locked_server) -> None:
             lambda: stub.GetInfo(pb.InfoRequest(), timeout=10),
             lambda: list(stub.Generate(pb.GenerateRequest(prompt=[1], max_tokens=1), timeout=10)),
             lambda: list(stub.Decode(iter([pb.DecodeRequest(session_id="s", append=[1], max_tokens=1)]), timeout=10)),
+            lambda: stub.CloseSession(pb.CloseSessionRequest(session_id="s"), timeout=10),
+            lambda: stub.GetStats(pb.StatsRequest(), timeout=10),
         ]
         for call in calls:
             with pytest.raises(grpc.RpcError) as caught:
                 call()
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert locked_server.sessions.stats().decode_requests == 0
+    stats = locked_server.sessions.stats()
+    assert stats.decode_requests == 0 and stats.sessions_created == 0 and stats.forward_passes == 0

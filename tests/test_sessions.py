@@ -65,7 +65,7 @@ def test_lru_eviction_when_slots_run_out(sessions: SessionManager, prompt: list[
     assert sessions.stats().sessions_evicted == 1
 
 
-def test_kv_full_evicts_idle_sessions_before_refusing(smol_path, prompt: list[int]) -> None:
+def test_kv_full_evicts_the_least_recent_idle_session_and_nothing_else(smol_path, prompt: list[int]) -> None:
     backend = LlamaCppBackend(smol_path, max_sessions=4, kv_tokens=256)
     try:
         manager = SessionManager(backend, max_request_tokens=256)
@@ -74,7 +74,9 @@ def test_kv_full_evicts_idle_sessions_before_refusing(smol_path, prompt: list[in
         manager.decode("b", 0, filler, 0, GREEDY)
         manager.decode("c", 0, filler, 0, GREEDY)  # 360 cells wanted of 256: "a" must go
         assert manager.session_length("a") is None
+        assert manager.session_length("b") == 120, "only as much room as needed is made"
         assert manager.session_length("c") == 120
+        assert manager.stats().sessions_evicted == 1
         assert manager.stats().kv_tokens_used <= 256
     finally:
         backend.close()

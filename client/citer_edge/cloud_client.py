@@ -51,6 +51,7 @@ class CloudInfo:
     max_request_tokens: int
     backend: str
     server_version: str
+    vocab_size: int = 0  # 0: the server did not say
 
 
 class _DecodeStream:
@@ -170,6 +171,7 @@ class CloudSession:
             max_request_tokens=reply.max_request_tokens,
             backend=reply.backend,
             server_version=reply.server_version,
+            vocab_size=reply.vocab_size,
         )
         return True
 
@@ -224,6 +226,13 @@ class CloudSession:
                 # the server consistent whether or not it processed the request.
                 self._close_stream()
                 raise
+            problem = self._reply_problem(reply, len(context), max_tokens)
+            if problem:
+                # Never let a broken or hostile server's ids reach the SLM; its state is unknown now.
+                self._close_stream()
+                self._server_tokens = []
+                self._mark_down(f"the cloud at {self.address} sent an invalid reply ({problem})")
+                return None
             self._server_tokens = list(context) + list(reply.tokens)
             self.calls += 1
             self.tokens_sent += len(request.append)
@@ -233,6 +242,21 @@ class CloudSession:
             self._down = False
             self._backoff_s = self._backoff_min_s
             return CloudReply(tokens=list(reply.tokens), logprobs=list(reply.logprobs), finished=reply.finished)
+
+    def _reply_problem(self, reply: pb.DecodeResponse, context_len: int, max_tokens: int) -> str | None:
+        """What is wrong with a reply, or None: token count, ids, log-probs and the new length must add up."""
+        tokens = list(reply.tokens)
+        if len(tokens) > max_tokens:
+            return f"{len(tokens)} tokens for {max_tokens} asked"
+        vocab = self.info.vocab_size if self.info is not None else 0
+        bad = next((t for t in tokens if t < 0 or (vocab and t >= vocab)), None)
+        if bad is not None:
+            return f"token id {bad} outside the vocabulary of {vocab}"
+        if len(reply.logprobs) != len(tokens):
+            return f"{len(reply.logprobs)} log-probs for {len(tokens)} tokens"
+        if reply.new_len != context_len + len(tokens):
+            return f"new_len {reply.new_len} != {context_len} sent + {len(tokens)} produced"
+        return None
 
     def close(self) -> None:
         """End the stream and free the server's session (best effort)."""

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_extra_buffers_argument(serve_cmd)
     serve_cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "-1")),
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off) [CITER_CLOUD_METRICS_PORT]",
+    )
+    serve_cmd.add_argument(
         "--auth-token",
         default=_env("AUTH_TOKEN", "") or None,
         help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
@@ -117,6 +123,7 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         max_batch_sessions=args.max_batch_sessions,
         n_threads=args.threads,
         llama_extra_buffers=args.llama_extra_buffers,
+        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
         auth_token=args.auth_token,
         verbose=args.verbose,
         stop_on_stdin_eof=args.stop_on_stdin_eof,

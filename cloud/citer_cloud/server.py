@@ -26,6 +26,7 @@ from citer_cloud.engine import Engine
 from citer_cloud.health import SERVICE_NAMES as HEALTH_SERVICE_NAMES
 from citer_cloud.health import EngineHealth
 from citer_cloud.llama_backend import LlamaCppBackend
+from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import MAX_SESSION_ID_LEN, SessionManager
 from citer_cloud.tls import exposure_warnings, server_credentials
@@ -50,6 +51,8 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # mutual TLS: clients must present a certificate this CA signed
     verbose: bool = False
+    metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one); None: off
+    metrics_host: str | None = None  # bind address for metrics; None: the same as ``host``
     health_probe_interval_s: float = 5.0  # how often the health watchdog asks the engine for a sign of life
     health_probe_timeout_s: float = 30.0  # no answer for this long: NOT_SERVING
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
@@ -82,7 +85,11 @@ class _Running:
         )
         self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
         self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
-        self.servicer = LlmServicer(self.engine)
+        self.metrics = ServiceMetrics(self.sessions.stats) if config.metrics_port is not None else None
+        if self.metrics is not None:
+            self.sessions.on_step = self.metrics.observe_step
+        self.servicer = LlmServicer(self.engine, self.metrics)
+        self.metrics_port: int | None = None
         interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
         options = [
             ("grpc.max_receive_message_length", max_request_bytes(config.max_request_tokens)),
@@ -108,14 +115,19 @@ class _Running:
         if self.port == 0:
             raise OSError(f"could not bind {config.host}:{config.port} (is the port in use?)")
 
-    async def start(self) -> None:
+    async def start(self, config: ServerConfig) -> None:
         await self.server.start()
         await self.health.start()
+        if self.metrics is not None and config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(config.metrics_host or config.host, config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host or config.host, self.metrics_port)
 
     async def stop(self, grace_s: float) -> None:
         """Drain: NOT_SERVING first (balancers stop sending), then let in-flight calls finish for ``grace_s``."""
         await self.health.drain()
         await self.server.stop(grace=grace_s)
+        if self.metrics is not None:
+            self.metrics.close()
         self.servicer.shutdown()
         self.backend.close()
 
@@ -154,7 +166,7 @@ async def serve(config: ServerConfig) -> None:
     signal that always arrives.
     """
     running = _Running(config)
-    await running.start()
+    await running.start(config)
     print(f"{READY_LINE} {running.port}", flush=True)
     log.info("serving %s on %s:%d", running.backend.info.model_name, config.host, running.port)
     stop = asyncio.Event()
@@ -199,6 +211,11 @@ class CloudServer:
         return self._running.sessions
 
     @property
+    def metrics_port(self) -> int | None:
+        assert self._running is not None, "server not started"
+        return self._running.metrics_port
+
+    @property
     def engine(self) -> Engine:
         """The batching engine (``engine.call(fn)`` runs ``fn`` between its steps)."""
         assert self._running is not None, "server not started"
@@ -209,7 +226,7 @@ class CloudServer:
 
         async def start() -> _Running:
             running = _Running(self.config)
-            await running.start()
+            await running.start(self.config)
             return running
 
         self._running = asyncio.run_coroutine_threadsafe(start(), self._loop).result()

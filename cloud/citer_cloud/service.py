@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
@@ -16,6 +17,7 @@ import grpc
 
 from citer_cloud import __version__
 from citer_cloud.engine import Engine
+from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.sessions import DecodeResult, ErrorKind, RequestError
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
@@ -31,9 +33,14 @@ def sampling_from_proto(message: pb.SamplingParams) -> SamplingSettings:
 
 
 class LlmServicer(pb_grpc.LlmServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, metrics: ServiceMetrics | None = None) -> None:
         self._engine = engine
         self._sessions = engine.sessions  # read-only facts (info, limits); all calls go through the engine
+        self._metrics = metrics
+
+    def _observe(self, rpc: str, started: float, error: RequestError | None = None) -> None:
+        if self._metrics is not None:
+            self._metrics.observe(rpc, error.kind.value if error else "OK", time.perf_counter() - started)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._engine.call(fn))
@@ -49,6 +56,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             raise
 
     async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        self._observe("GetInfo", time.perf_counter())
         info = self._sessions.backend.info
         return pb.InfoResponse(
             model_name=info.model_name,
@@ -65,14 +73,17 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         self, request_iterator: AsyncIterator[pb.DecodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeResponse]:
         async for request in request_iterator:
+            started = time.perf_counter()
             try:
                 sampling = sampling_from_proto(request.sampling)
                 result = await self._decode(
                     request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
                 )
             except RequestError as error:
+                self._observe("Decode", started, error)
                 await _abort(context, error)
                 return
+            self._observe("Decode", started)
             yield pb.DecodeResponse(
                 tokens=result.tokens, logprobs=result.logprobs, new_len=result.new_len, finished=result.finished
             )
@@ -83,6 +94,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         """A whole LLM-only completion (the cloud-only baseline): one engine request per token, temporary session."""
         session_id = f"_generate-{uuid.uuid4().hex}"
         known_len, append = 0, list(request.prompt)
+        started = time.perf_counter()
         try:
             sampling = sampling_from_proto(request.sampling)
             if not append:
@@ -95,18 +107,26 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
                     break
                 known_len, append = result.new_len, []
         except RequestError as error:
+            self._observe("Generate", started, error)
             await _abort(context, error)
+        else:
+            self._observe("Generate", started)
         finally:
             self._engine.call(lambda: self._sessions.close(session_id))  # even when the client went away
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
+        started = time.perf_counter()
         existed = await self._call(lambda: self._sessions.close(request.session_id))
+        self._observe("CloseSession", started)
         return pb.CloseSessionResponse(existed=existed)
 
     async def GetStats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        return pb.StatsResponse(**vars(await self._call(self._sessions.stats)))
+        started = time.perf_counter()
+        stats = await self._call(self._sessions.stats)
+        self._observe("GetStats", started)
+        return pb.StatsResponse(**vars(stats))
 
     def shutdown(self) -> None:
         self._engine.shutdown()

@@ -12,7 +12,7 @@ import enum
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,6 +127,7 @@ class SessionManager:
         self._evicted: OrderedDict[str, None] = OrderedDict()
         self._stats = ServerStats(kv_tokens_capacity=backend.info.kv_capacity)
         self._jobs: dict[str, DecodeJob] = {}  # session id -> its unfinished job
+        self.on_step: Callable[[int, int], None] | None = None  # (requests, tokens) of each forward pass: metrics
         self._lock = threading.RLock()
 
     # -- public API -------------------------------------------------------
@@ -234,6 +235,8 @@ class SessionManager:
                 self._make_room([job for job, _ in plan])
                 return
             self._stats.forward_passes += 1
+            if self.on_step is not None:
+                self.on_step(len(plan), sum(take for _, take in plan))
             for (job, take), logits in zip(plan, results, strict=True):
                 job.session.n_evaluated += take
                 if logits is not None:
