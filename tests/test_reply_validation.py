@@ -1,57 +1,29 @@
 """The client never trusts a reply that does not add up: bad token ids must not reach the SLM.
 
-A real citer-cloud cannot be made to send such replies, so these tests run a
-fake servicer behind a real gRPC server on loopback; it says exactly what the
-test tells it to.
+A real citer-cloud cannot be made to send such replies, so these tests run the
+scripted fake of tests/fake_cloud.py (a real gRPC server on loopback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent import futures
-
-import grpc
 import pytest
 
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_protocol import pb, pb_grpc
+from citer_protocol import pb
 from tests.conftest import CHAT_PROMPT
-
-Reply = Callable[[pb.DecodeRequest, int], pb.DecodeResponse]
-
-
-class ScriptedServicer(pb_grpc.LlmServiceServicer):
-    """Fake: pairs with the SLM, then answers every Decode request with ``reply(request, vocab)``."""
-
-    def __init__(self, fingerprint: str, vocab: int, reply: Reply) -> None:
-        self.fingerprint, self.vocab, self.reply = fingerprint, vocab, reply
-
-    def GetInfo(self, request, context) -> pb.InfoResponse:
-        return pb.InfoResponse(
-            model_name="scripted", tokenizer_fingerprint=self.fingerprint, vocab_size=self.vocab,
-            max_context=2048, max_request_tokens=4096, backend="fake",
-        )  # fmt: skip
-
-    def Decode(self, request_iterator, context) -> Iterator[pb.DecodeResponse]:
-        for request in request_iterator:
-            yield self.reply(request, self.vocab)
-
-
-def _length(request: pb.DecodeRequest) -> int:
-    return request.known_len + len(request.append)
-
+from tests.fake_cloud import Reply, length_after, start_scripted
 
 BAD_REPLIES: dict[str, Reply] = {
     "id outside the vocabulary": lambda r, vocab: pb.DecodeResponse(
-        tokens=[vocab + 7], logprobs=[0.0], new_len=_length(r) + 1
+        tokens=[vocab + 7], logprobs=[0.0], new_len=length_after(r) + 1
     ),
     "more tokens than asked": lambda r, vocab: pb.DecodeResponse(
-        tokens=[5] * (r.max_tokens + 3), logprobs=[0.0] * (r.max_tokens + 3), new_len=_length(r) + r.max_tokens + 3
+        tokens=[5] * (r.max_tokens + 3), logprobs=[0.0] * (r.max_tokens + 3), new_len=length_after(r) + r.max_tokens + 3
     ),
     "new_len that does not add up": lambda r, vocab: pb.DecodeResponse(
-        tokens=[5], logprobs=[0.0], new_len=_length(r) + 40
+        tokens=[5], logprobs=[0.0], new_len=length_after(r) + 40
     ),
-    "log-probs missing": lambda r, vocab: pb.DecodeResponse(tokens=[5], logprobs=[], new_len=_length(r) + 1),
+    "log-probs missing": lambda r, vocab: pb.DecodeResponse(tokens=[5], logprobs=[], new_len=length_after(r) + 1),
 }
 
 
@@ -60,14 +32,9 @@ def scripted_server(smol_slm: LocalModel):
     servers = []
 
     def start(reply: Reply) -> str:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        pb_grpc.add_LlmServiceServicer_to_server(
-            ScriptedServicer(smol_slm.fingerprint, smol_slm.n_vocab, reply), server
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
+        server, _, address = start_scripted(smol_slm.fingerprint, smol_slm.n_vocab, reply)
         servers.append(server)
-        return f"127.0.0.1:{port}"
+        return address
 
     yield start
     for server in servers:
@@ -86,7 +53,9 @@ def test_invalid_reply_is_refused_and_generation_stays_local(scripted_server, sm
 
 
 def test_a_reply_that_adds_up_is_taken(scripted_server, smol_slm: LocalModel) -> None:
-    address = scripted_server(lambda r, vocab: pb.DecodeResponse(tokens=[5], logprobs=[-0.1], new_len=_length(r) + 1))
+    address = scripted_server(
+        lambda r, vocab: pb.DecodeResponse(tokens=[5], logprobs=[-0.1], new_len=length_after(r) + 1)
+    )
     cloud = CloudSession(address, smol_slm.fingerprint)
     reply = cloud.decode(smol_slm.tokenize(CHAT_PROMPT), 1, SamplingSettings())
     assert reply is not None and reply.tokens == [5]

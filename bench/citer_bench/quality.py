@@ -107,7 +107,7 @@ def complete(
 ) -> dict[str, object]:
     """Generate one raw completion until a stop sequence; report what it cost."""
     slm.reset()  # every problem starts cold: results never depend on the order problems ran in
-    cloud = CloudSession(cloud_address, slm.fingerprint) if cloud_address else None
+    cloud = CloudSession(cloud_address, slm.fingerprint, timeout_s=60) if cloud_address else None
     started = time.perf_counter()
     try:
         generator = HybridGenerator(slm, policy, cloud)

@@ -51,7 +51,7 @@ def chat_prompts(slm: LocalModel, texts: Sequence[str]) -> list[list[int]]:
 
 
 def run_hybrid(slm: LocalModel, address: str, policy_name: str, threshold: float, prompt: list[int], n: int) -> dict:
-    cloud = CloudSession(address, slm.fingerprint) if policy_name != "local" else None
+    cloud = CloudSession(address, slm.fingerprint, timeout_s=60) if policy_name != "local" else None
     slm.reset()
     try:
         generator = HybridGenerator(slm, make_policy(policy_name, threshold), cloud)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from citer_edge import models
 from citer_edge.cloud_channel import CloudTls
+from citer_edge.cloud_client import DEFAULT_TIMEOUT_S
 from citer_edge.errors import CiterEdgeError
 from citer_edge.policies import POLICY_NAMES, make_policy
 from citer_protocol import SamplingSettings
@@ -56,7 +57,11 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
     _add_tls_options(group)
     group.add_argument(
-        "--cloud-timeout", type=float, default=float(_env("CLOUD_TIMEOUT", "30")), help="seconds per cloud call"
+        "--cloud-timeout",
+        type=float,
+        default=float(_env("CLOUD_TIMEOUT", str(DEFAULT_TIMEOUT_S))),
+        help="seconds a cloud call may take (plus 10 ms per token it sends) before generation goes on locally "
+        "[CITER_EDGE_CLOUD_TIMEOUT]",
     )
     routing = parser.add_argument_group("routing and sampling")
     routing.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -33,7 +34,18 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 5000),
+    # Keepalive notices a dead peer or a NAT that dropped the connection between a chat's turns.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
+#: An interactive call's deadline: this many seconds, plus time to prefill what it appends at no less than
+#: PREFILL_ALLOWANCE_TOKENS_PER_S (a resync or a long prompt is allowed longer). A silent cloud then costs
+#: one short stall, after which generation goes on locally.
+DEFAULT_TIMEOUT_S = 1.5
+PREFILL_ALLOWANCE_TOKENS_PER_S = 100.0
+#: Server statuses that say "this request can never succeed", as opposed to "not now".
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
 
 
 @dataclass(frozen=True)
@@ -93,15 +105,23 @@ class _DecodeStream:
 
 
 class CloudSession:
-    """One conversation's view of the server: what it holds, and how to keep it in sync."""
+    """One conversation's view of the server: what it holds, and how to keep it in sync.
+
+    A circuit breaker guards the decode loop: a failed or late call opens it
+    (no cloud attempts; the loop stays on the SLM) for a backoff that doubles
+    with each further failure, with jitter so that many devices do not retry
+    in step. When it expires, the next real ``Decode`` is the probe (half-open):
+    only its success closes the circuit. A request the server can never serve
+    (beyond its window or request limit) stops routing for this conversation.
+    """
 
     def __init__(
         self,
         address: str,
         slm_fingerprint: str,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_timeout_s: float = 5.0,
-        backoff_s: tuple[float, float] = (1.0, 30.0),
+        backoff_s: tuple[float, float] = (5.0, 120.0),  # first probe 2.5-5 s after a failure, then doubling
         auth_token: str | None = None,
         session_id: str | None = None,
         tls: CloudTls | None = None,
@@ -127,6 +147,8 @@ class CloudSession:
         self.resyncs = 0
         self.failures = 0
         self.last_error: str | None = None  # why the cloud was last marked down, for diagnostics
+        self.routing_stopped: str | None = None  # why this conversation no longer goes to the cloud, if it doesn't
+        self._jitter = random.Random()
         self.calls = 0
         self.tokens_sent = 0  # what the server had to prefill for us, resyncs included
         self.tokens_received = 0  # LLM decode steps spent on us
@@ -183,13 +205,24 @@ class CloudSession:
         Sends only the tokens the server does not hold yet. If the server lost
         the session it says so, and the full context is sent once more.
         """
-        if not self.available:
+        if self.routing_stopped or not self.available:
             return None
         if not self.connect():
             return None
+        assert self.info is not None
+        if self.info.max_context and len(context) + max_tokens > self.info.max_context:
+            return self._stop_routing(
+                f"the conversation ({len(context)} tokens) no longer fits the cloud model's window "
+                f"of {self.info.max_context}"
+            )
         resynced = reopened = False
         while True:
             known_len = common_prefix_len(self._server_tokens, context)
+            if self.info.max_request_tokens and len(context) - known_len + max_tokens > self.info.max_request_tokens:
+                return self._stop_routing(
+                    f"{len(context) - known_len} tokens to send exceed the cloud's limit of "
+                    f"{self.info.max_request_tokens} per request"
+                )
             request = pb.DecodeRequest(
                 session_id=self.session_id,
                 known_len=known_len,
@@ -199,7 +232,7 @@ class CloudSession:
             )
             stream_was_open = self._stream is not None
             try:
-                reply = self._open_stream().request(request, self._timeout_s)
+                reply = self._open_stream().request(request, self._deadline_s(len(request.append)))
             except grpc.RpcError as error:
                 self._close_stream()
                 code = _code(error)
@@ -210,6 +243,8 @@ class CloudSession:
                     self.resyncs += 1
                     log.info("cloud lost the session (%s); resending the full context", _reason(error))
                     continue
+                if code in _PERMANENT:
+                    return self._stop_routing(f"the cloud refused the request ({_describe(error)})")
                 if stream_was_open and not reopened and code in _STREAM_BROKEN:
                     # A long-lived stream died (server restart, idle proxy): try one fresh stream first.
                     reopened = True
@@ -290,17 +325,41 @@ class CloudSession:
         self._channel = self._stub = None
         self.info = None
 
+    @property
+    def circuit(self) -> str:
+        """``closed`` (calls go out), ``open`` (backing off) or ``half-open`` (the next Decode is the probe)."""
+        if not self._down:
+            return "closed"
+        return "half-open" if time.monotonic() >= self._retry_at else "open"
+
+    @property
+    def retry_in_s(self) -> float:
+        """Seconds until the open circuit lets a probe through (0 when closed or half-open)."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._down else 0.0
+
+    def _deadline_s(self, n_append: int) -> float:
+        return self._timeout_s + n_append / PREFILL_ALLOWANCE_TOKENS_PER_S
+
     def _mark_down(self, why: str) -> None:
+        """Open the circuit: the first failure is news (one warning), repeated ones are not (debug)."""
         self.failures += 1
         self.last_error = why
         if not self._down:
             log.warning("%s; continuing on the local model and retrying in the background", why)
         else:
-            log.debug("%s; next retry in %.1f s", why, self._backoff_s)
             self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        delay = self._backoff_s * (0.5 + 0.5 * self._jitter.random())  # "equal jitter": half fixed, half random
+        log.debug("%s; circuit open, next probe in %.1f s", why, delay)
         self._down = True
-        self._retry_at = time.monotonic() + self._backoff_s
+        self._retry_at = time.monotonic() + delay
         self._drop_channel()
+
+    def _stop_routing(self, why: str) -> None:
+        """This conversation can no longer be served by the cloud: say so once and stay local."""
+        if self.routing_stopped is None:
+            log.warning("%s; this conversation continues on the local model", why)
+            self.routing_stopped = why
+        return None
 
 
 def _code(error: grpc.RpcError) -> grpc.StatusCode | None:

@@ -94,6 +94,9 @@ class _Running:
         options = [
             ("grpc.max_receive_message_length", max_request_bytes(config.max_request_tokens)),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not silently share it
+            # Clients keep idle chat streams alive with a ping every 30 s; accept that instead of GOAWAY.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_LlmServiceServicer_to_server(self.servicer, self.server)
