@@ -1,23 +1,25 @@
-"""Optional shared-secret auth: every RPC must carry ``authorization: Bearer <token>``.
+"""Optional auth: every RPC must carry ``authorization: Bearer <token>`` with a known tenant's token.
 
-Enough for a private deployment behind TLS-terminating infrastructure; the
-check runs before any servicer code, so an unauthenticated call costs nothing.
+The check runs before any servicer code, so an unauthenticated call costs
+nothing; which tenant a known token belongs to is the servicer's business
+(see tenants.py).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 import grpc
+
+from citer_cloud.tenants import TenantDirectory
 
 #: The one service answered without a token: health says only SERVING or NOT_SERVING.
 UNGUARDED_PREFIX = "/grpc.health.v1.Health/"
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+class TenantAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tenants: TenantDirectory) -> None:
+        self._tenants = tenants
 
     async def intercept_service(
         self,
@@ -27,8 +29,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler_call_details.method.startswith(UNGUARDED_PREFIX):
             return await continuation(handler_call_details)  # load balancers probe health without credentials
         metadata = dict(handler_call_details.invocation_metadata or ())
-        presented = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(presented, self._expected):
+        if self._tenants.tenant_for(str(metadata.get("authorization", ""))) is not None:
             return await continuation(handler_call_details)
         return _deny(await continuation(handler_call_details))
 

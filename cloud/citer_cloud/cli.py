@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from citer_cloud.server import ServerConfig, serve
+from citer_cloud.tenants import TENANTS_ENV, TenantDirectory
 from citer_protocol.llama_loader import add_extra_buffers_argument
 
 
@@ -62,9 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off) [CITER_CLOUD_METRICS_PORT]",
     )
     serve_cmd.add_argument(
+        "--tenants-file",
+        default=_env("TENANTS_FILE", "") or None,
+        help="TOML file of tenants: each a token (or its SHA-256) and optional limits; sessions are isolated per "
+        f"tenant [CITER_CLOUD_TENANTS_FILE; or {TENANTS_ENV}=name=token,...]",
+    )
+    serve_cmd.add_argument(
+        "--max-session-kv-share",
+        type=float,
+        default=float(_env("MAX_SESSION_KV_SHARE", "1")),
+        help="the largest share of the KV cache one session may hold (1 = no limit) [CITER_CLOUD_MAX_SESSION_KV_SHARE]",
+    )
+    serve_cmd.add_argument(
         "--auth-token",
         default=_env("AUTH_TOKEN", "") or None,
-        help="require 'authorization: Bearer TOKEN' on every call [CITER_CLOUD_AUTH_TOKEN]",
+        help="one shared token every call must carry; prefer the environment variable, since a flag's value "
+        "shows in ps [CITER_CLOUD_AUTH_TOKEN]",
     )
     tls = serve_cmd.add_argument_group("TLS (needed wherever traffic leaves a private network)")
     tls.add_argument(
@@ -125,12 +139,22 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         llama_extra_buffers=args.llama_extra_buffers,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
         auth_token=args.auth_token,
+        tenants=_tenants(args.tenants_file),
+        max_session_kv_share=args.max_session_kv_share,
         verbose=args.verbose,
         stop_on_stdin_eof=args.stop_on_stdin_eof,
         tls_cert=_path(args.tls_cert),
         tls_key=_path(args.tls_key),
         tls_client_ca=_path(args.tls_client_ca),
     )
+
+
+def _tenants(tenants_file: str | None) -> TenantDirectory | None:
+    """From the file if given, else from the environment; None when neither is set."""
+    if tenants_file:
+        return TenantDirectory.from_file(Path(tenants_file).expanduser())
+    from_env = os.environ.get(TENANTS_ENV, "")
+    return TenantDirectory.from_env(from_env) if from_env.strip() else None
 
 
 def _path(value: str | None) -> Path | None:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from citer_cloud.sessions import DecodeJob, DecodeResult, RequestError, SessionManager
+from citer_cloud.sessions import DecodeJob, DecodeResult, RequestError, SessionManager, TenantLimits
 from citer_protocol import SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,15 @@ class DecodeTicket:
     append: list[int]
     max_tokens: int
     sampling: SamplingSettings
+    tenant: str = ""
+    limits: TenantLimits | None = None
     future: Future[DecodeResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     job: DecodeJob | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant, self.session_id)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -66,9 +72,16 @@ class Engine:
     # -- called from any thread -------------------------------------------
 
     def decode(
-        self, session_id: str, known_len: int, append: Sequence[int], max_tokens: int, sampling: SamplingSettings
+        self,
+        session_id: str,
+        known_len: int,
+        append: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingSettings,
+        tenant: str = "",
+        limits: TenantLimits | None = None,
     ) -> DecodeTicket:
-        ticket = DecodeTicket(session_id, known_len, list(append), max_tokens, sampling)
+        ticket = DecodeTicket(session_id, known_len, list(append), max_tokens, sampling, tenant, limits)
         self._submit(ticket)
         return ticket
 
@@ -122,15 +135,15 @@ class Engine:
                 self._run_call(*item)
             else:
                 self._waiting.append(item)
-        busy = {ticket.session_id for ticket in self._running}
+        busy = {ticket.key for ticket in self._running}
         still_waiting = []
         for ticket in self._waiting:
             if ticket.cancelled.is_set():
                 ticket.future.cancel()
-            elif ticket.session_id in busy:
+            elif ticket.key in busy:
                 still_waiting.append(ticket)  # one request per session at a time, in arrival order
             elif ticket.future.set_running_or_notify_cancel():  # from here on nobody else can cancel it
-                busy.add(ticket.session_id)
+                busy.add(ticket.key)
                 self._start(ticket)
         self._waiting = still_waiting
 
@@ -148,7 +161,13 @@ class Engine:
     def _start(self, ticket: DecodeTicket) -> None:
         try:
             ticket.job = self.sessions.begin(
-                ticket.session_id, ticket.known_len, ticket.append, ticket.max_tokens, ticket.sampling
+                ticket.session_id,
+                ticket.known_len,
+                ticket.append,
+                ticket.max_tokens,
+                ticket.sampling,
+                ticket.tenant,
+                ticket.limits,
             )
         except RequestError as error:
             ticket.future.set_exception(error)

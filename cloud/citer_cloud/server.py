@@ -21,7 +21,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from citer_cloud.auth import BearerTokenInterceptor
+from citer_cloud.auth import TenantAuthInterceptor
 from citer_cloud.engine import Engine
 from citer_cloud.health import SERVICE_NAMES as HEALTH_SERVICE_NAMES
 from citer_cloud.health import EngineHealth
@@ -29,6 +29,7 @@ from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import MAX_SESSION_ID_LEN, SessionManager
+from citer_cloud.tenants import TenantDirectory
 from citer_cloud.tls import exposure_warnings, server_credentials
 from citer_protocol import READY_LINE, pb_grpc
 
@@ -46,7 +47,9 @@ class ServerConfig:
     max_batch_sessions: int | None = None  # sessions per forward pass; None: all running ones, 1: serial
     n_threads: int | None = None
     llama_extra_buffers: str | None = None  # auto/on/off; None: CITER_LLAMA_EXTRA_BUFFERS, else auto
-    auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>"
+    auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>" (one tenant)
+    tenants: TenantDirectory | None = None  # per-tenant tokens, namespaces and limits (instead of auth_token)
+    max_session_kv_share: float = 1.0  # the largest share of the KV cache one session may hold
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the port speaks TLS
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # mutual TLS: clients must present a certificate this CA signed
@@ -58,6 +61,8 @@ class ServerConfig:
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
 
     def __post_init__(self) -> None:
+        if self.auth_token and self.tenants is not None:
+            raise ValueError("use either one shared auth token or a tenants file, not both")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -83,14 +88,19 @@ class _Running:
             verbose=config.verbose,
             extra_buffers=config.llama_extra_buffers,
         )
-        self.sessions = SessionManager(self.backend, max_request_tokens=config.max_request_tokens)
+        self.sessions = SessionManager(
+            self.backend,
+            max_request_tokens=config.max_request_tokens,
+            max_session_kv_share=config.max_session_kv_share,
+        )
         self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
         self.metrics = ServiceMetrics(self.sessions.stats) if config.metrics_port is not None else None
         if self.metrics is not None:
             self.sessions.on_step = self.metrics.observe_step
-        self.servicer = LlmServicer(self.engine, self.metrics)
+        tenants = config.tenants or (TenantDirectory.single(config.auth_token) if config.auth_token else None)
+        self.servicer = LlmServicer(self.engine, self.metrics, tenants)
         self.metrics_port: int | None = None
-        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+        interceptors = [TenantAuthInterceptor(tenants)] if tenants else []
         options = [
             ("grpc.max_receive_message_length", max_request_bytes(config.max_request_tokens)),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not silently share it
@@ -113,7 +123,7 @@ class _Running:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError:  # grpc.aio's way of saying the bind failed
             self.port = 0
-        for warning in exposure_warnings(config.host, tls=config.tls_cert is not None, auth=bool(config.auth_token)):
+        for warning in exposure_warnings(config.host, tls=config.tls_cert is not None, auth=tenants is not None):
             log.warning(warning)
         if self.port == 0:
             raise OSError(f"could not bind {config.host}:{config.port} (is the port in use?)")

@@ -19,6 +19,7 @@ from citer_cloud import __version__
 from citer_cloud.engine import Engine
 from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.sessions import DecodeResult, ErrorKind, RequestError
+from citer_cloud.tenants import Tenant, TenantDirectory
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,27 @@ def sampling_from_proto(message: pb.SamplingParams) -> SamplingSettings:
 
 
 class LlmServicer(pb_grpc.LlmServiceServicer):
-    def __init__(self, engine: Engine, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self, engine: Engine, metrics: ServiceMetrics | None = None, tenants: TenantDirectory | None = None
+    ) -> None:
         self._engine = engine
         self._sessions = engine.sessions  # read-only facts (info, limits); all calls go through the engine
         self._metrics = metrics
+        self._tenants = tenants
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant | None:
+        """Who is calling (the auth interceptor already refused unknown tokens); None without tenants."""
+        if self._tenants is None:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        return self._tenants.tenant_for(str(metadata.get("authorization", "")))
+
+    def _admit(self, tenant: Tenant | None) -> None:
+        if tenant is not None and not self._tenants.admit_request(tenant):
+            raise RequestError(
+                ErrorKind.RESOURCE_EXHAUSTED,
+                f"tenant {tenant.name!r} is over its limit of {tenant.max_requests_per_s:g} requests per second",
+            )
 
     def _observe(self, rpc: str, started: float, error: RequestError | None = None) -> None:
         if self._metrics is not None:
@@ -46,9 +64,19 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         return await asyncio.wrap_future(self._engine.call(fn))
 
     async def _decode(
-        self, session_id: str, known_len: int, append: Sequence[int], max_tokens: int, sampling: SamplingSettings
+        self,
+        tenant: Tenant | None,
+        session_id: str,
+        known_len: int,
+        append: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingSettings,
+        admit: bool = True,
     ) -> DecodeResult:
-        ticket = self._engine.decode(session_id, known_len, append, max_tokens, sampling)
+        if admit:
+            self._admit(tenant)
+        name, limits = (tenant.name, tenant.limits) if tenant else ("", None)
+        ticket = self._engine.decode(session_id, known_len, append, max_tokens, sampling, name, limits)
         try:
             return await asyncio.shield(asyncio.wrap_future(ticket.future))
         except asyncio.CancelledError:
@@ -72,12 +100,13 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     async def Decode(
         self, request_iterator: AsyncIterator[pb.DecodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeResponse]:
+        tenant = self._tenant(context)
         async for request in request_iterator:
             started = time.perf_counter()
             try:
                 sampling = sampling_from_proto(request.sampling)
                 result = await self._decode(
-                    request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
+                    tenant, request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
                 )
             except RequestError as error:
                 self._observe("Decode", started, error)
@@ -95,12 +124,16 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         session_id = f"_generate-{uuid.uuid4().hex}"
         known_len, append = 0, list(request.prompt)
         started = time.perf_counter()
+        tenant = self._tenant(context)
+        namespace = tenant.name if tenant else ""
         try:
             sampling = sampling_from_proto(request.sampling)
             if not append:
                 raise RequestError(ErrorKind.INVALID_ARGUMENT, "prompt is empty")
-            for _ in range(max(1, request.max_tokens)):
-                result = await self._decode(session_id, known_len, append, min(1, request.max_tokens), sampling)
+            for step in range(max(1, request.max_tokens)):
+                result = await self._decode(  # one Generate is one request for the tenant's rate limit
+                    tenant, session_id, known_len, append, min(1, request.max_tokens), sampling, admit=step == 0
+                )
                 for token, logprob in zip(result.tokens, result.logprobs, strict=True):
                     yield pb.GenerateResponse(token=token, logprob=logprob, finished=result.finished)
                 if result.finished:
@@ -112,13 +145,15 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         else:
             self._observe("Generate", started)
         finally:
-            self._engine.call(lambda: self._sessions.close(session_id))  # even when the client went away
+            self._engine.call(lambda: self._sessions.close(session_id, namespace))  # even if the client went away
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
         started = time.perf_counter()
-        existed = await self._call(lambda: self._sessions.close(request.session_id))
+        tenant = self._tenant(context)
+        namespace = tenant.name if tenant else ""
+        existed = await self._call(lambda: self._sessions.close(request.session_id, namespace))
         self._observe("CloseSession", started)
         return pb.CloseSessionResponse(existed=existed)
 
@@ -136,5 +171,6 @@ async def _abort(context: grpc.aio.ServicerContext, error: RequestError) -> None
     metadata: tuple[tuple[str, str], ...] = ()
     if error.reason:
         metadata = ((REASON_KEY, error.reason), (SERVER_LEN_KEY, str(error.server_len)))
-    log.info("rejected request: %s %s", error.kind.value, error)
+    log.info("rejected request: %s %s", error.kind.value, error.reason)  # the message may name a session id
+    log.debug("rejected request: %s", error)
     await context.abort(getattr(grpc.StatusCode, error.kind.value), str(error), trailing_metadata=metadata)

@@ -23,6 +23,8 @@ from citer_protocol import SamplingSettings, sample_token
 log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_LEN = 128
+#: (tenant name, session id): a tenant can only ever name its own sessions.
+SessionKey = tuple[str, str]
 _EVICTED_MEMORY = 4096  # evicted ids remembered, to tell "evicted" from "unknown"
 
 
@@ -49,10 +51,23 @@ class RequestError(Exception):
 class Session:
     session_id: str
     slot: int
+    tenant: str = ""  # sessions live in their tenant's namespace: (tenant, session_id) is the key
     tokens: list[int] = field(default_factory=list)  # everything the server holds, in order
     n_evaluated: int = 0  # prefix of ``tokens`` that is in the KV cache
     logits: np.ndarray | None = None  # next-token logits after tokens[:n_evaluated]
     rng: np.random.Generator | None = None
+
+    @property
+    def key(self) -> SessionKey:
+        return (self.tenant, self.session_id)
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """What one tenant may hold at once; None means no limit of that kind."""
+
+    max_sessions: int | None = None
+    max_kv_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,14 +134,17 @@ class SessionManager:
     for callers that do not batch. One thread at a time (the engine's).
     """
 
-    def __init__(self, backend: Backend, max_request_tokens: int = 4096) -> None:
+    def __init__(self, backend: Backend, max_request_tokens: int = 4096, max_session_kv_share: float = 1.0) -> None:
+        if not 0 < max_session_kv_share <= 1:
+            raise ValueError(f"max_session_kv_share must be in (0, 1], got {max_session_kv_share}")
         self.backend = backend
         self.max_request_tokens = max_request_tokens
-        self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self.max_session_tokens = int(max_session_kv_share * backend.info.kv_capacity)
+        self._sessions: OrderedDict[SessionKey, Session] = OrderedDict()  # least recently used first
         self._free_slots = list(range(backend.info.n_slots - 1, -1, -1))
-        self._evicted: OrderedDict[str, None] = OrderedDict()
+        self._evicted: OrderedDict[SessionKey, None] = OrderedDict()
         self._stats = ServerStats(kv_tokens_capacity=backend.info.kv_capacity)
-        self._jobs: dict[str, DecodeJob] = {}  # session id -> its unfinished job
+        self._jobs: dict[SessionKey, DecodeJob] = {}  # session -> its unfinished job
         self.on_step: Callable[[int, int], None] | None = None  # (requests, tokens) of each forward pass: metrics
         self._lock = threading.RLock()
 
@@ -139,9 +157,11 @@ class SessionManager:
         append: Sequence[int],
         max_tokens: int,
         sampling: SamplingSettings,
+        tenant: str = "",
+        limits: TenantLimits | None = None,
     ) -> DecodeResult:
         """Sync ``append`` after the first ``known_len`` tokens, then produce up to ``max_tokens`` (unbatched)."""
-        job = self.begin(session_id, known_len, append, max_tokens, sampling)
+        job = self.begin(session_id, known_len, append, max_tokens, sampling, tenant, limits)
         while not job.done:
             self.step([job])
         return job.result()
@@ -153,26 +173,30 @@ class SessionManager:
         append: Sequence[int],
         max_tokens: int,
         sampling: SamplingSettings,
+        tenant: str = "",
+        limits: TenantLimits | None = None,
     ) -> DecodeJob:
         """Validate and sync a request (no forward pass yet); raises RequestError before changing anything."""
+        key = (tenant, session_id)
         with self._lock:
             self._validate(session_id, known_len, append, max_tokens)
-            if session_id in self._jobs:
+            self._check_limits(key, known_len, append, max_tokens, limits or TenantLimits())
+            if key in self._jobs:
                 raise RequestError(
                     ErrorKind.FAILED_PRECONDITION,
                     f"session {session_id!r} already has a request running; send one request at a time",
                     reason="SESSION_BUSY",
                 )
-            session = self._sessions.get(session_id)
+            session = self._sessions.get(key)
             if session is None:
                 if known_len > 0:
-                    reason = "SESSION_EVICTED" if session_id in self._evicted else "SESSION_UNKNOWN"
+                    reason = "SESSION_EVICTED" if key in self._evicted else "SESSION_UNKNOWN"
                     raise RequestError(
                         ErrorKind.FAILED_PRECONDITION,
                         f"session {session_id!r} is not on this server ({reason}); resend the full context",
                         reason=reason,
                     )
-                session = self._create(session_id)
+                session = self._create(key)
             elif known_len > len(session.tokens):
                 raise RequestError(
                     ErrorKind.FAILED_PRECONDITION,
@@ -181,7 +205,7 @@ class SessionManager:
                     server_len=len(session.tokens),
                 )
             self._stats.decode_requests += 1
-            self._sessions.move_to_end(session_id)
+            self._sessions.move_to_end(key)
             self._cut(session, known_len)
             session.tokens.extend(append)
             self._stats.tokens_prefilled += len(append)
@@ -194,7 +218,7 @@ class SessionManager:
                 self.backend.truncate(session.slot, session.n_evaluated)
             self._produce_ready(job)
             if not job.done:
-                self._jobs[session_id] = job
+                self._jobs[key] = job
             return job
 
     def step(self, jobs: Sequence[DecodeJob], token_budget: int | None = None) -> None:
@@ -244,20 +268,20 @@ class SessionManager:
                     self._produce_ready(job)
             for job, _ in plan:
                 if job.done:
-                    self._jobs.pop(job.session.session_id, None)
+                    self._jobs.pop(job.session.key, None)
 
     def cancel(self, job: DecodeJob) -> None:
         """Stop a job (its client went away); what it evaluated stays, like any response the client lost."""
         with self._lock:
             job.cancelled = True
-            self._jobs.pop(job.session.session_id, None)
+            self._jobs.pop(job.session.key, None)
 
-    def close(self, session_id: str) -> bool:
+    def close(self, session_id: str, tenant: str = "") -> bool:
         with self._lock:
-            session = self._sessions.pop(session_id, None)
+            session = self._sessions.pop((tenant, session_id), None)
             if session is None:
                 return False
-            self._fail_job(session_id, "SESSION_CLOSED", f"session {session_id!r} was closed during the request")
+            self._fail_job(session.key, "SESSION_CLOSED", f"session {session_id!r} was closed during the request")
             self._release(session)
             return True
 
@@ -267,9 +291,9 @@ class SessionManager:
             self._stats.kv_tokens_used = sum(s.n_evaluated for s in self._sessions.values())
             return ServerStats(**vars(self._stats))
 
-    def session_length(self, session_id: str) -> int | None:
+    def session_length(self, session_id: str, tenant: str = "") -> int | None:
         with self._lock:
-            session = self._sessions.get(session_id)
+            session = self._sessions.get((tenant, session_id))
             return None if session is None else len(session.tokens)
 
     # -- validation (no state changes) ------------------------------------
@@ -301,14 +325,42 @@ class SessionManager:
                 f"model's window of {info.max_context}",
             )
 
+    def _check_limits(
+        self, key: SessionKey, known_len: int, append: Sequence[int], max_tokens: int, limits: TenantLimits
+    ) -> None:
+        """Per-session and per-tenant limits, checked before anything changes."""
+        wanted = known_len + len(append) + max_tokens
+        if wanted > self.max_session_tokens:
+            raise RequestError(
+                ErrorKind.RESOURCE_EXHAUSTED,
+                f"one session may hold at most {self.max_session_tokens} tokens of the KV cache; this request "
+                f"would need {wanted}",
+            )
+        tenant = key[0]
+        mine = [s for k, s in self._sessions.items() if k[0] == tenant]
+        is_new = key not in self._sessions
+        if limits.max_sessions is not None and is_new and len(mine) >= limits.max_sessions:
+            raise RequestError(
+                ErrorKind.RESOURCE_EXHAUSTED,
+                f"tenant {tenant!r} has {len(mine)} live sessions, its limit; close one (CloseSession) first",
+            )
+        if limits.max_kv_tokens is not None:
+            held = sum(len(s.tokens) for k, s in self._sessions.items() if k[0] == tenant and k != key)
+            if held + wanted > limits.max_kv_tokens:
+                raise RequestError(
+                    ErrorKind.RESOURCE_EXHAUSTED,
+                    f"tenant {tenant!r} would hold {held + wanted} KV tokens, over its limit of "
+                    f"{limits.max_kv_tokens}; close sessions it no longer needs",
+                )
+
     # -- state changes ----------------------------------------------------
 
-    def _create(self, session_id: str) -> Session:
+    def _create(self, key: SessionKey) -> Session:
         if not self._free_slots and not self._evict_lru(keep=set()):
             self._evict_lru(keep=set(), include_busy=True)
-        session = Session(session_id=session_id, slot=self._free_slots.pop())
-        self._sessions[session_id] = session
-        self._evicted.pop(session_id, None)
+        session = Session(session_id=key[1], slot=self._free_slots.pop(), tenant=key[0])
+        self._sessions[key] = session
+        self._evicted.pop(key, None)
         self._stats.sessions_created += 1
         return session
 
@@ -347,7 +399,7 @@ class SessionManager:
         """
         if not jobs:
             return
-        in_step = {job.session.session_id for job in jobs}
+        in_step = {job.session.key for job in jobs}
         if self._evict_lru(keep=in_step) or self._evict_lru(keep=in_step, include_busy=True):
             return
         if len(jobs) > 1:
@@ -360,26 +412,26 @@ class SessionManager:
             ErrorKind.RESOURCE_EXHAUSTED,
             f"KV cache full: {pending} tokens do not fit even with every other session evicted",
         )
-        self._jobs.pop(job.session.session_id, None)
+        self._jobs.pop(job.session.key, None)
 
-    def _evict_lru(self, keep: set[str], include_busy: bool = False) -> bool:
+    def _evict_lru(self, keep: set[SessionKey], include_busy: bool = False) -> bool:
         """Evict the least recently used session not in ``keep`` (idle ones only unless ``include_busy``)."""
-        for session_id in self._sessions:
-            if session_id in keep or (session_id in self._jobs and not include_busy):
+        for key in self._sessions:
+            if key in keep or (key in self._jobs and not include_busy):
                 continue
-            session = self._sessions.pop(session_id)
-            self._fail_job(session_id, "SESSION_EVICTED", f"session {session_id!r} was evicted to make room")
+            session = self._sessions.pop(key)
+            self._fail_job(key, "SESSION_EVICTED", f"session {key[1]!r} was evicted to make room")
             self._release(session)
-            self._evicted[session_id] = None
+            self._evicted[key] = None
             while len(self._evicted) > _EVICTED_MEMORY:
                 self._evicted.popitem(last=False)
             self._stats.sessions_evicted += 1
-            log.info("evicted session %s (%d tokens)", session_id, len(session.tokens))
+            log.info("evicted a session of tenant %r (%d tokens)", key[0], len(session.tokens))  # ids are not logged
             return True
         return False
 
-    def _fail_job(self, session_id: str, reason: str, message: str) -> None:
-        job = self._jobs.pop(session_id, None)
+    def _fail_job(self, key: SessionKey, reason: str, message: str) -> None:
+        job = self._jobs.pop(key, None)
         if job is not None:
             job.error = RequestError(ErrorKind.FAILED_PRECONDITION, message, reason=reason)
 
