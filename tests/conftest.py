@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,21 @@ CHAT_PROMPT = (
     "<|im_start|>user\nWrite a Python function that checks whether a number is prime.<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Chats started by tests journal into a temporary folder, never into the user's own history."""
+    from citer_edge.journal import HISTORY_ENV
+
+    folder = tmp_path_factory.mktemp("chat-history")
+    previous = os.environ.get(HISTORY_ENV)
+    os.environ[HISTORY_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(HISTORY_ENV, None)
+    else:
+        os.environ[HISTORY_ENV] = previous
 
 
 @pytest.fixture(scope="session")

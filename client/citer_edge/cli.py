@@ -28,6 +28,7 @@ from citer_protocol.llama_loader import add_extra_buffers_argument
 if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even when llama.cpp does not load
     from citer_edge.cloud_client import CloudSession
     from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
+    from citer_edge.journal import Journal
     from citer_edge.slm import LocalModel
 
 log = logging.getLogger("citer_edge")
@@ -144,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with the hybrid model (one-shot with a PROMPT, else interactive)")
     chat.add_argument("prompt", nargs="?", help="answer this one message and exit")
     chat.add_argument("--system", default=_env("SYSTEM"), help="system message [CITER_EDGE_SYSTEM]")
+    chat.add_argument(
+        "--resume", nargs="?", const="latest", metavar="ID", help="continue a saved conversation (default: the latest)"
+    )
+    chat.add_argument(
+        "--no-history",
+        action="store_true",
+        default=_env("NO_HISTORY") == "1",
+        help="keep nothing on disk [CITER_EDGE_NO_HISTORY=1]",
+    )
     _add_runtime_options(chat)
 
     generate = sub.add_parser("generate", help="one completion for scripts")
@@ -160,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     path = manage_sub.add_parser("path", help="print the file path of an alias (pulling it if needed)")
     path.add_argument("name")
     manage.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    history = sub.add_parser("history", help="saved chat conversations")
+    history_sub = history.add_subparsers(dest="history_command", required=True)
+    history_sub.add_parser("list", help="every saved conversation, oldest first")
+    show = history_sub.add_parser("show", help="one conversation's turns (`latest` for the most recent)")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="the whole transcript as one JSON object")
+    history.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     doctor = sub.add_parser(
         "doctor", help="check this machine, the models, the router and a cloud; run before filing a bug"
@@ -268,19 +286,27 @@ class TokenPrinter:
         sys.stdout.flush()
 
 
-def _print_stream(stream: GenerationStream, show_routing: bool, interruptible: bool = False) -> str:
-    """Print tokens as they come, then the summary; Ctrl-C ends the reply early when ``interruptible``."""
+def _print_stream(
+    stream: GenerationStream, show_routing: bool, interruptible: bool = False, journal: Journal | None = None
+) -> str:
+    """Print (and journal) tokens as they come, then the summary; Ctrl-C ends the reply early when ``interruptible``."""
     printer = TokenPrinter(show_routing)
     pieces = []
     try:
         for token in stream:
             printer.write(token)
             pieces.append(token.text)
+            if journal is not None:
+                journal.token(token.text, token.source)
     except KeyboardInterrupt:
-        if not interruptible:
-            raise
         stream.summary.finish_reason = "interrupted"
+        if not interruptible:
+            printer.finish()
+            print(stream.summary.line(), file=sys.stderr)
+            raise
     printer.finish()
+    if journal is not None:
+        journal.end_reply(stream.summary.finish_reason or "stop")
     print(stream.summary.line(), file=sys.stderr)
     return "".join(pieces)
 
@@ -290,29 +316,61 @@ def _print_stream(stream: GenerationStream, show_routing: bool, interruptible: b
 
 def run_chat(args: argparse.Namespace) -> int:
     from citer_edge.chat import Conversation
+    from citer_edge.journal import Journal, read_transcript
 
     with open_runtime(args) as runtime:
         conversation = Conversation(runtime.slm, system=args.system)
+        journal: Journal | None = None
+        if args.resume:
+            transcript = read_transcript(args.resume)
+            conversation.messages = transcript.messages()
+            print(f"resumed conversation {transcript.conversation_id} ({len(transcript.turns)} turns)", file=sys.stderr)
+            if not args.no_history:
+                journal = Journal.reopen(transcript.conversation_id)
+        elif not args.no_history:
+            journal = Journal.start(args.system, runtime.slm.name)
         one_shot = args.prompt is not None
         if not one_shot:
-            print("citer-edge chat — Ctrl-C stops a reply; empty line or Ctrl-D quits", file=sys.stderr)
-        while True:
-            message = args.prompt if one_shot else _read_message()
-            if not message:
-                return 0
-            conversation.add_user(message)
-            stream = runtime.generator.stream(conversation.prompt_tokens(), args.max_tokens, runtime.sampling)
-            reply = _print_stream(stream, args.show_routing, interruptible=not one_shot)
-            conversation.add_assistant(reply)  # an interrupted reply stays in the history as far as it got
-            if one_shot:
-                return 0
+            print(
+                "citer-edge chat — Ctrl-C stops a reply; /new starts over; /exit, Ctrl-D or Ctrl-C quits",
+                file=sys.stderr,
+            )
+        try:
+            while True:
+                message = args.prompt if one_shot else _read_message()
+                if message is None or message in ("/exit", "/quit"):
+                    return 0
+                if not message:
+                    continue
+                if message == "/new":
+                    if journal is not None:
+                        journal.close()
+                        journal = Journal.start(args.system, runtime.slm.name)
+                    conversation = Conversation(runtime.slm, system=args.system)
+                    print("(new conversation)", file=sys.stderr)
+                    continue
+                conversation.add_user(message)
+                if journal is not None:
+                    journal.user(message)
+                stream = runtime.generator.stream(conversation.prompt_tokens(), args.max_tokens, runtime.sampling)
+                reply = _print_stream(stream, args.show_routing, interruptible=not one_shot, journal=journal)
+                conversation.add_assistant(reply)  # an interrupted reply stays in the history as far as it got
+                if one_shot:
+                    return 0
+        finally:
+            if journal is not None:
+                journal.close()
+                if not one_shot:
+                    print(f"saved: citer-edge chat --resume {journal.conversation_id}", file=sys.stderr)
 
 
-def _read_message() -> str:
+def _read_message() -> str | None:
+    """The next line typed, stripped; None when the user ends the chat (Ctrl-D or Ctrl-C at the prompt)."""
     try:
         return input("> ").strip()
-    except EOFError:
-        return ""
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return None
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -375,7 +433,35 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-COMMANDS = {"chat": run_chat, "generate": run_generate, "models": run_models, "doctor": run_doctor}
+def run_history(args: argparse.Namespace) -> int:
+    from citer_edge.journal import list_conversations, read_transcript
+
+    if args.history_command == "list":
+        for transcript in list_conversations():
+            first = next((turn.text for turn in transcript.turns if turn.role == "user"), "")
+            print(f"{transcript.conversation_id}  {len(transcript.turns):3d} turns  {first[:60]!r}")
+        return 0
+    transcript = read_transcript(args.id)
+    if args.json:
+        json.dump(transcript.to_dict(), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    for turn in transcript.turns:
+        note = ""
+        if turn.role == "assistant":
+            cloud = turn.tokens_from.get("llm", 0)
+            note = f"  [{sum(turn.tokens_from.values())} tokens, {cloud} from the cloud, {turn.finish}]"
+        print(f"{turn.role}:{note}\n{turn.text}\n")
+    return 0
+
+
+COMMANDS = {
+    "chat": run_chat,
+    "generate": run_generate,
+    "models": run_models,
+    "doctor": run_doctor,
+    "history": run_history,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,164 @@
+"""The conversation journal: every turn of ``citer-edge chat`` on disk while it streams, so nothing is lost.
+
+One append-only JSON-lines file per conversation under the user's data
+directory. A reply is written every few tokens and when it ends, so a crash,
+``kill -9`` or Ctrl-C keeps everything up to the last few tokens; reading
+skips a torn last line and marks a reply that never ended as interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+from citer_edge.errors import CiterEdgeError
+
+HISTORY_ENV = "CITER_EDGE_HISTORY_DIR"
+#: Tokens buffered before a reply is written out: a kill loses at most this many.
+FLUSH_EVERY_TOKENS = 8
+
+
+def history_dir() -> Path:
+    return Path(os.environ.get(HISTORY_ENV) or Path(user_data_dir("citer-edge")) / "conversations")
+
+
+@dataclass
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str = ""
+    tokens_from: dict[str, int] = field(default_factory=dict)  # assistant: tokens per origin ("slm", "llm")
+    finish: str | None = None  # assistant: how the reply ended; "interrupted" when the journal never says
+
+
+@dataclass
+class Transcript:
+    conversation_id: str
+    created: str
+    system: str | None
+    turns: list[Turn]
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat messages to continue from (a partial reply included, as far as it got)."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": turn.role, "content": turn.text} for turn in self.turns]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.conversation_id,
+            "created": self.created,
+            "system": self.system,
+            "turns": [vars(turn) for turn in self.turns],
+        }
+
+
+class Journal:
+    """Appends one conversation's events; ``start`` a new one or ``reopen`` an existing one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conversation_id = path.stem
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._pending: list[tuple[str, str]] = []
+        self._in_reply = False
+
+    @classmethod
+    def start(cls, system: str | None, slm: str) -> Journal:
+        folder = history_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.timezone.utc)
+        conversation_id = f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        journal = cls(folder / f"{conversation_id}.jsonl")
+        journal._write({"event": "start", "created": now.isoformat(timespec="seconds"), "system": system, "slm": slm})
+        return journal
+
+    @classmethod
+    def reopen(cls, conversation_id: str) -> Journal:
+        return cls(journal_path(conversation_id))
+
+    def user(self, text: str) -> None:
+        self._end_open_reply("interrupted")
+        self._write({"event": "user", "text": text})
+
+    def token(self, text: str, source: str) -> None:
+        self._in_reply = True
+        self._pending.append((text, source))
+        if len(self._pending) >= FLUSH_EVERY_TOKENS:
+            self._flush_tokens()
+
+    def end_reply(self, finish: str) -> None:
+        self._flush_tokens()
+        self._write({"event": "end", "finish": finish}, sync=True)
+        self._in_reply = False
+
+    def close(self) -> None:
+        self._end_open_reply("interrupted")
+        self._file.close()
+
+    def _end_open_reply(self, finish: str) -> None:
+        if self._in_reply or self._pending:
+            self.end_reply(finish)
+
+    def _flush_tokens(self) -> None:
+        if self._pending:
+            self._write({"event": "tokens", "tokens": self._pending})
+            self._pending = []
+
+    def _write(self, event: dict[str, object], sync: bool = False) -> None:
+        self._file.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self._file.flush()  # in the OS now: survives the process being killed
+        if sync:
+            os.fsync(self._file.fileno())  # on the disk: survives the machine going down
+
+
+def journal_path(conversation_id: str) -> Path:
+    """The journal file of ``conversation_id``; ``latest`` names the most recent conversation."""
+    if conversation_id == "latest":
+        paths = sorted(history_dir().glob("*.jsonl"))
+        if not paths:
+            raise CiterEdgeError(f"no conversations in {history_dir()} yet")
+        return paths[-1]
+    path = history_dir() / f"{conversation_id}.jsonl"
+    if "/" in conversation_id or not path.is_file():
+        raise CiterEdgeError(f"no conversation {conversation_id!r} in {history_dir()} (see `citer-edge history list`)")
+    return path
+
+
+def read_transcript(conversation_id: str) -> Transcript:
+    """The conversation as far as it was written; a torn last line is skipped, never fatal."""
+    path = journal_path(conversation_id)
+    created, system, turns = "", None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        kind = event.get("event")
+        if kind == "start":
+            created, system = event.get("created", ""), event.get("system")
+        elif kind == "user":
+            turns.append(Turn("user", event.get("text", "")))
+        elif kind == "tokens":
+            if not turns or turns[-1].role != "assistant" or turns[-1].finish is not None:
+                turns.append(Turn("assistant"))
+            reply = turns[-1]
+            for text, source in event.get("tokens", []):
+                reply.text += text
+                reply.tokens_from[source] = reply.tokens_from.get(source, 0) + 1
+        elif kind == "end":
+            if not turns or turns[-1].role != "assistant" or turns[-1].finish is not None:
+                turns.append(Turn("assistant"))
+            turns[-1].finish = event.get("finish")
+    for turn in turns:
+        if turn.role == "assistant" and turn.finish is None:
+            turn.finish = "interrupted"
+    return Transcript(path.stem, created, system, turns)
+
+
+def list_conversations() -> list[Transcript]:
+    return [read_transcript(path.stem) for path in sorted(history_dir().glob("*.jsonl"))]
