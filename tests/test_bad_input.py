@@ -119,6 +119,7 @@ def test_oversized_message_is_refused_by_the_receive_limit(stub, server: CloudSe
     before = server.sessions.stats()
     error = rejection(stub, session_id="huge", known_len=0, append=[151000] * 3000, max_tokens=1)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in error.details(), "refused by the transport, before any servicer code"
     after = server.sessions.stats()
     assert after.decode_requests == before.decode_requests and after.live_sessions == before.live_sessions
 

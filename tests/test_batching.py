@@ -137,18 +137,32 @@ def test_begin_refuses_a_second_request_for_a_running_session(sessions: SessionM
     assert caught.value.kind is ErrorKind.FAILED_PRECONDITION and caught.value.reason == "SESSION_BUSY"
 
 
-def test_evicting_a_running_session_fails_its_request(smol_path, prompts) -> None:
+def test_a_new_session_is_refused_rather_than_killing_a_running_request(smol_path, prompts) -> None:
     backend = LlamaCppBackend(smol_path, max_sessions=2, kv_tokens=1024)
     try:
         manager = SessionManager(backend)
         first = manager.begin("first", 0, prompts[0], 8, GREEDY)
         second = manager.begin("second", 0, prompts[1], 8, GREEDY)
-        third = manager.begin("third", 0, prompts[2], 8, GREEDY)  # no slot left: the least recent goes
-        assert first.done and first.error is not None and first.error.reason == "SESSION_EVICTED"
-        _run_together(manager, [second, third])
-        assert len(second.result().tokens) == 8 and len(third.result().tokens) == 8
+        with pytest.raises(RequestError) as caught:
+            manager.begin("third", 0, prompts[2], 8, GREEDY)  # both slots run requests
+        assert caught.value.kind is ErrorKind.RESOURCE_EXHAUSTED and "slots are in use" in str(caught.value)
+        assert manager.session_length("third") is None and manager.stats().sessions_created == 2
+        _run_together(manager, [first, second])
+        assert len(first.result().tokens) == 8 and len(second.result().tokens) == 8
     finally:
         backend.close()
+
+
+def test_a_partial_prefill_leaves_no_stale_logits(sessions: SessionManager, prompts) -> None:
+    """Cancelled after part of its prefill, a session must not answer from the logits of an earlier position."""
+    prompt = prompts[0]
+    sessions.decode("x", 0, prompt[:3], 0, GREEDY)
+    job = sessions.begin("x", 3, prompt[3:10], 1, GREEDY)
+    sessions.step([job], token_budget=4)  # 4 of the 7 appended tokens evaluated, no logits wanted
+    sessions.cancel(job)
+    resumed = sessions.decode("x", 7, [], 1, GREEDY)
+    fresh = sessions.decode("y", 0, prompt[:7], 1, GREEDY)
+    assert resumed.tokens == fresh.tokens
 
 
 # -- the engine -----------------------------------------------------------
@@ -173,6 +187,23 @@ def test_engine_batches_requests_that_arrive_together(
         results = [ticket.future.result(timeout=60) for ticket in tickets]
         assert all(len(result.tokens) == 1 for result in results)
         assert engine.call(sessions.stats).result(timeout=60).forward_passes == expected_passes
+    finally:
+        engine.shutdown()
+
+
+def test_close_after_a_decode_of_the_same_session_sees_it_and_ends_it(sessions: SessionManager, prompts) -> None:
+    """Arrival order: the Decode starts first, so the Close finds the session and ends its request."""
+    engine = Engine(sessions)
+    try:
+        release = _held(engine)
+        ticket = engine.decode("ordered", 0, prompts[0], 50, GREEDY)
+        closed = engine.call(lambda: sessions.close("ordered"))
+        release.set()
+        assert closed.result(timeout=60) is True
+        with pytest.raises(RequestError) as caught:
+            ticket.future.result(timeout=60)
+        assert caught.value.reason == "SESSION_CLOSED"
+        assert sessions.session_length("ordered") is None
     finally:
         engine.shutdown()
 

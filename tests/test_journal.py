@@ -56,6 +56,17 @@ def test_a_torn_last_line_is_skipped(history: Path) -> None:
     assert transcript.turns[-1].finish == "interrupted"
 
 
+def test_resuming_after_a_torn_line_keeps_the_next_turn(history: Path) -> None:
+    journal = Journal.start(None, "SmolLM2")
+    journal.user("hello")
+    journal._file.write('{"event": "tokens", "tok')  # noqa: SLF001 - a crash in the middle of a write
+    journal._file.close()  # noqa: SLF001 - the process is gone
+    again = Journal.reopen(journal.conversation_id)
+    again.user("still there?")
+    again.close()
+    assert [t.text for t in read_transcript(journal.conversation_id).turns] == ["hello", "still there?"]
+
+
 def test_kill_9_mid_answer_then_resume_keeps_the_partial_answer(smol_path: Path, history: Path) -> None:
     env = {**os.environ, "CITER_EDGE_THREADS": "2"}
     chat = subprocess.Popen(

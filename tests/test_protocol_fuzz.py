@@ -24,7 +24,7 @@ from citer_cloud.server import CloudServer, ServerConfig
 from citer_protocol import pb, pb_grpc
 
 VOCAB = 49152  # SmolLM2
-EXAMPLES = 60
+EXAMPLES = 40
 STEPS = 15
 
 

@@ -347,6 +347,8 @@ def run_chat(args: argparse.Namespace) -> int:
                         journal.close()
                         journal = Journal.start(args.system, runtime.slm.name)
                     conversation = Conversation(runtime.slm, system=args.system)
+                    if runtime.cloud is not None:
+                        runtime.cloud.start_over()
                     print("(new conversation)", file=sys.stderr)
                     continue
                 conversation.add_user(message)

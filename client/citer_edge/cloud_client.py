@@ -325,6 +325,10 @@ class CloudSession:
         self._channel = self._stub = None
         self.info = None
 
+    def start_over(self) -> None:
+        """A new conversation on this session: routing is allowed again (the next call re-syncs by prefix)."""
+        self.routing_stopped = None
+
     @property
     def circuit(self) -> str:
         """``closed`` (calls go out), ``open`` (backing off) or ``half-open`` (the next Decode is the probe)."""

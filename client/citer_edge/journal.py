@@ -64,6 +64,8 @@ class Journal:
         self.path = path
         self.conversation_id = path.stem
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._file.write("\n")  # a torn last line from a crash: start clean, or the next event is lost too
         self._pending: list[tuple[str, str]] = []
         self._in_reply = False
 

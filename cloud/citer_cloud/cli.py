@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off) [CITER_CLOUD_METRICS_PORT]",
     )
     serve_cmd.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST", "") or None,
+        help="bind address for metrics (default: --host); plain HTTP, keep it private [CITER_CLOUD_METRICS_HOST]",
+    )
+    serve_cmd.add_argument(
         "--tenants-file",
         default=_env("TENANTS_FILE", "") or None,
         help="TOML file of tenants: each a token (or its SHA-256) and optional limits; sessions are isolated per "
@@ -138,6 +143,7 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         n_threads=args.threads,
         llama_extra_buffers=args.llama_extra_buffers,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        metrics_host=args.metrics_host,
         auth_token=args.auth_token,
         tenants=_tenants(args.tenants_file),
         max_session_kv_share=args.max_session_kv_share,

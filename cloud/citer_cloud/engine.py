@@ -130,11 +130,16 @@ class Engine:
             (item[1] if isinstance(item, tuple) else item.future).cancel()
 
     def _admit(self, arrived: list[DecodeTicket | tuple[Callable[[], object], Future]]) -> None:
+        """Start what arrived in arrival order: a call (CloseSession) runs after the requests before it."""
         for item in arrived:
             if isinstance(item, tuple):
+                self._start_waiting()
                 self._run_call(*item)
             else:
                 self._waiting.append(item)
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
         busy = {ticket.key for ticket in self._running}
         still_waiting = []
         for ticket in self._waiting:

@@ -30,7 +30,7 @@ from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.service import LlmServicer
 from citer_cloud.sessions import MAX_SESSION_ID_LEN, SessionManager
 from citer_cloud.tenants import TenantDirectory
-from citer_cloud.tls import exposure_warnings, server_credentials
+from citer_cloud.tls import exposure_warnings, is_loopback, server_credentials
 from citer_protocol import READY_LINE, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,15 @@ class _Running:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError:  # grpc.aio's way of saying the bind failed
             self.port = 0
+        if self.port == 0:
+            self.engine.shutdown()  # nothing will serve: give back the thread and the model now
+            self.backend.close()
+            raise OSError(f"could not bind {config.host}:{config.port} (is the port in use?)")
         for warning in exposure_warnings(config.host, tls=config.tls_cert is not None, auth=tenants is not None):
             log.warning(warning)
-        if self.port == 0:
-            raise OSError(f"could not bind {config.host}:{config.port} (is the port in use?)")
+        metrics_host = config.metrics_host or config.host
+        if config.metrics_port is not None and not is_loopback(metrics_host):
+            log.warning("metrics on %s are plain HTTP without auth: keep the port private", metrics_host)
 
     async def start(self, config: ServerConfig) -> None:
         await self.server.start()

@@ -263,8 +263,8 @@ class SessionManager:
                 self.on_step(len(plan), sum(take for _, take in plan))
             for (job, take), logits in zip(plan, results, strict=True):
                 job.session.n_evaluated += take
+                job.session.logits = logits  # None after a partial prefill: older logits describe nothing now
                 if logits is not None:
-                    job.session.logits = logits
                     self._produce_ready(job)
             for job, _ in plan:
                 if job.done:
@@ -345,7 +345,11 @@ class SessionManager:
                 f"tenant {tenant!r} has {len(mine)} live sessions, its limit; close one (CloseSession) first",
             )
         if limits.max_kv_tokens is not None:
-            held = sum(len(s.tokens) for k, s in self._sessions.items() if k[0] == tenant and k != key)
+            held = sum(  # what its other sessions hold, and what their running requests will still add
+                len(s.tokens) + (self._jobs[k].max_tokens - len(self._jobs[k].tokens) if k in self._jobs else 0)
+                for k, s in self._sessions.items()
+                if k[0] == tenant and k != key
+            )
             if held + wanted > limits.max_kv_tokens:
                 raise RequestError(
                     ErrorKind.RESOURCE_EXHAUSTED,
@@ -357,7 +361,11 @@ class SessionManager:
 
     def _create(self, key: SessionKey) -> Session:
         if not self._free_slots and not self._evict_lru(keep=set()):
-            self._evict_lru(keep=set(), include_busy=True)
+            # Every slot holds a running request: refuse the newcomer rather than kill someone's request.
+            raise RequestError(
+                ErrorKind.RESOURCE_EXHAUSTED,
+                f"all {self.backend.info.n_slots} session slots are in use by running requests; retry shortly",
+            )
         session = Session(session_id=key[1], slot=self._free_slots.pop(), tenant=key[0])
         self._sessions[key] = session
         self._evicted.pop(key, None)
@@ -408,6 +416,7 @@ class SessionManager:
         (job,) = jobs
         pending = job.pending
         del job.session.tokens[job.session.n_evaluated :]  # what did not fit is not kept
+        job.session.logits = None
         job.error = RequestError(
             ErrorKind.RESOURCE_EXHAUSTED,
             f"KV cache full: {pending} tokens do not fit even with every other session evicted",
