@@ -129,3 +129,18 @@ def test_unknown_conversation_is_one_readable_line(history: Path) -> None:
     result = run_cli("history", "show", "nope", env={HISTORY_ENV: str(history)})
     assert result.returncode == 1
     assert result.stderr.strip().startswith("citer-edge: error: no conversation 'nope'")
+
+
+def test_a_chat_that_outgrows_the_window_drops_its_oldest_turns(smol_path: Path, history: Path) -> None:
+    """Never a silent 0-token answer: old turns go (with a notice) so every reply has room."""
+    long_message = "Please summarise this:" + " the quick brown fox jumps over the lazy dog" * 12
+    result = run_cli(
+        "chat", "--slm", str(smol_path), "--policy", "local", "--n-ctx", "256", "--max-tokens", "40",
+        stdin=f"{long_message}\n{long_message}\n{long_message}\n", env={HISTORY_ENV: str(history)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summaries = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(summaries) == 3
+    assert all(not line.startswith("[0 tokens") for line in summaries), summaries
+    assert "oldest messages to fit the SLM's window of 256 tokens" in result.stderr
+    assert [t.text for t in read_transcript("latest").turns if t.role == "user"] == [long_message] * 3

@@ -34,6 +34,22 @@ class Conversation:
     def add_assistant(self, text: str) -> None:
         self.messages.append({"role": "assistant", "content": text})
 
+    def fit(self, max_prompt_tokens: int) -> int:
+        """Drop the oldest messages (the system message stays) until the prompt fits; return how many went.
+
+        Raises CiterEdgeError when even the latest message alone does not fit.
+        """
+        dropped = 0
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        while len(self.prompt_tokens()) > max_prompt_tokens:
+            if len(self.messages) - first <= 1:
+                raise CiterEdgeError(
+                    f"the message is too long for the SLM's window ({max_prompt_tokens} tokens of prompt at most)"
+                )
+            del self.messages[first]
+            dropped += 1
+        return dropped
+
     def prompt_text(self) -> str:
         return self._formatter(messages=self.messages).prompt  # type: ignore[arg-type]
 

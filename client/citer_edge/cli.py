@@ -26,6 +26,7 @@ from citer_protocol import SamplingSettings
 from citer_protocol.llama_loader import add_extra_buffers_argument
 
 if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even when llama.cpp does not load
+    from citer_edge.chat import Conversation
     from citer_edge.cloud_client import CloudSession
     from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
     from citer_edge.journal import Journal
@@ -34,6 +35,9 @@ if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even wh
 log = logging.getLogger("citer_edge")
 
 DEFAULT_CHAT_PROMPT = "Write a Python function that returns the n-th prime number."
+DEFAULT_GENERATE_TOKENS = 512
+#: Room a chat keeps for the next reply when old turns must go (or a quarter of a small window).
+CHAT_REPLY_ROOM = 512
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -92,7 +96,11 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="LLM tokens per cloud call [CITER_EDGE_TOKENS_PER_CALL]",
     )
     routing.add_argument(
-        "--max-tokens", type=int, default=int(_env("MAX_TOKENS", "512")), help="[CITER_EDGE_MAX_TOKENS]"
+        "--max-tokens",
+        type=int,
+        default=int(_env("MAX_TOKENS", "0")) or None,
+        help="most tokens per reply (generate: 512; chat: until the model ends it or the window is full) "
+        "[CITER_EDGE_MAX_TOKENS]",
     )
     routing.add_argument("--temperature", type=float, default=float(_env("TEMPERATURE", "0")), help="0 is greedy")
     routing.add_argument("--top-p", type=float, default=float(_env("TOP_P", "1")))
@@ -354,7 +362,17 @@ def run_chat(args: argparse.Namespace) -> int:
                 conversation.add_user(message)
                 if journal is not None:
                     journal.user(message)
-                stream = runtime.generator.stream(conversation.prompt_tokens(), args.max_tokens, runtime.sampling)
+                try:
+                    prompt = _fit_to_window(conversation, runtime.slm.n_ctx)
+                except CiterEdgeError as error:
+                    if one_shot:
+                        raise
+                    conversation.messages.pop()  # the message that cannot fit; the chat goes on
+                    print(f"citer-edge: {error}", file=sys.stderr)
+                    continue
+                room = runtime.slm.n_ctx - len(prompt)
+                max_tokens = min(args.max_tokens or room, room)
+                stream = runtime.generator.stream(prompt, max_tokens, runtime.sampling)
                 reply = _print_stream(stream, args.show_routing, interruptible=not one_shot, journal=journal)
                 conversation.add_assistant(reply)  # an interrupted reply stays in the history as far as it got
                 if one_shot:
@@ -364,6 +382,15 @@ def run_chat(args: argparse.Namespace) -> int:
                 journal.close()
                 if not one_shot:
                     print(f"saved: citer-edge chat --resume {journal.conversation_id}", file=sys.stderr)
+
+
+def _fit_to_window(conversation: Conversation, n_ctx: int) -> list[int]:
+    """The prompt, after dropping the oldest turns (never the system message) so a reply has room."""
+    reply_room = min(CHAT_REPLY_ROOM, n_ctx // 4)
+    dropped = conversation.fit(n_ctx - reply_room)
+    if dropped:
+        print(f"(dropped the {dropped} oldest messages to fit the SLM's window of {n_ctx} tokens)", file=sys.stderr)
+    return conversation.prompt_tokens()
 
 
 def _read_message() -> str | None:
@@ -386,7 +413,7 @@ def run_generate(args: argparse.Namespace) -> int:
             conversation = Conversation(runtime.slm)
             conversation.add_user(prompt_text)
             prompt = conversation.prompt_tokens()
-        stream = runtime.generator.stream(prompt, args.max_tokens, runtime.sampling)
+        stream = runtime.generator.stream(prompt, args.max_tokens or DEFAULT_GENERATE_TOKENS, runtime.sampling)
         if not args.json:
             _print_stream(stream, args.show_routing)
             return 0
