@@ -1,27 +1,45 @@
-"""``citer-cloud``: run the LLM service. Every flag has a CITER_CLOUD_* environment override."""
+"""``citer-cloud``: run the LLM service.
+
+Settings come from flags, then CITER_CLOUD_* environment variables, then a
+TOML file (``--config``), then defaults: flags win. ``--print-config`` shows
+the result without starting anything.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import json
 import os
 import sys
 from pathlib import Path
 
 from citer_cloud.server import ServerConfig, serve
+from citer_cloud.settings_file import configure_logging, load_settings_file
 from citer_cloud.tenants import TENANTS_ENV, TenantDirectory
-from citer_protocol.llama_loader import add_extra_buffers_argument
+from citer_protocol.llama_loader import EXTRA_BUFFERS_ENV, add_extra_buffers_argument
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CITER_CLOUD_{name}", default)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(file_settings: dict[str, object] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="citer-cloud", description="The citer-edge cloud LLM service (gRPC).")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="serve one GGUF model over gRPC")
+    serve_cmd.add_argument(
+        "--config",
+        default=_env("CONFIG", "") or None,
+        help="TOML file of settings (keys as the flags, with _) [CITER_CLOUD_CONFIG]",
+    )
+    serve_cmd.add_argument("--print-config", action="store_true", help="print the settings in force as TOML and exit")
+    serve_cmd.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("LOG_FORMAT", "text"),
+        help="json: one JSON object per log line, for log collectors [CITER_CLOUD_LOG_FORMAT]",
+    )
     serve_cmd.add_argument("--model", default=_env("MODEL", ""), help="GGUF path [CITER_CLOUD_MODEL]")
     serve_cmd.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address [CITER_CLOUD_HOST]")
     serve_cmd.add_argument(
@@ -103,14 +121,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "-v", "--verbose", action="store_true", default=_env("VERBOSE", "") == "1", help="debug logging"
     )
+    if file_settings:
+        serve_cmd.set_defaults(**file_settings)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+#: Settings a config file may hold: every serve flag but secrets and the process plumbing.
+_NOT_IN_FILE = {"command", "config", "print_config", "auth_token", "stop_on_stdin_eof"}
+
+
+def _env_name(key: str) -> str:
+    return EXTRA_BUFFERS_ENV if key == "llama_extra_buffers" else f"CITER_CLOUD_{key.upper()}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags, then environment, then the --config file, then defaults."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    if args.command != "serve" or not args.config:
+        return args
+    allowed = set(vars(args)) - _NOT_IN_FILE
+    settings = load_settings_file(args.config, allowed)
+    from_file = {key: value for key, value in settings.items() if _env_name(key) not in os.environ}
+    return build_parser(from_file).parse_args(argv)
+
+
+def settings_toml(args: argparse.Namespace) -> str:
+    keys = sorted(set(vars(args)) - _NOT_IN_FILE)
+    lines = [f"{key} = {json.dumps(vars(args)[key])}" for key in keys if vars(args)[key] is not None]
+    lines.append(f"# auth_token: {'set' if args.auth_token else 'not set'} (never printed)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except ValueError as error:
+        print(f"citer-cloud: error: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        sys.stdout.write(settings_toml(args))
+        return 0
+    configure_logging(args.verbose, args.log_format)
     model = Path(args.model).expanduser() if args.model else None
     if model is None or not model.is_file():
         print(

@@ -1,0 +1,60 @@
+"""citer-cloud settings: a TOML file under environment variables under flags, --print-config, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from citer_protocol import READY_LINE
+
+
+def _serve(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "citer_cloud.cli", "serve", *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}, **kwargs,
+    )  # fmt: skip
+
+
+def test_flags_beat_environment_beats_file(tmp_path: Path) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text('model = "/models/llm.gguf"\nport = 6000\nkv_tokens = 32768\nmax_sessions = 4\n')
+    result = _serve("--config", str(config), "--max-sessions", "8", "--print-config", env={"CITER_CLOUD_PORT": "7000"})
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(" = ", 1) for line in result.stdout.splitlines() if not line.startswith("#"))
+    assert printed["model"] == '"/models/llm.gguf"' and printed["kv_tokens"] == "32768"  # from the file
+    assert printed["port"] == "7000"  # the environment beats the file
+    assert printed["max_sessions"] == "8"  # the flag beats both
+    assert "auth_token: not set (never printed)" in result.stdout
+
+
+def test_print_config_never_prints_the_token(tmp_path: Path) -> None:
+    result = _serve("--model", "x.gguf", "--print-config", env={"CITER_CLOUD_AUTH_TOKEN": "s3cret-value"})
+    assert result.returncode == 0 and "s3cret-value" not in result.stdout
+    assert "auth_token: set (never printed)" in result.stdout
+
+
+def test_unknown_setting_is_one_readable_line(tmp_path: Path) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text("kv = 1\n")
+    result = _serve("--config", str(config), "--print-config")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"citer-cloud: error: {config}: unknown settings kv (known:")
+
+
+def test_json_logs_are_one_object_per_line(smol_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "citer_cloud.cli", "serve", "--model", str(smol_path), "--port", "0",
+         "--log-format", "json", "--stop-on-stdin-eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout.readline().startswith(READY_LINE)
+    server.stdin.close()  # the lifeline: the server shuts down
+    stderr = server.stderr.read()
+    assert server.wait(timeout=60) == 0
+    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["logger"] == "citer_cloud.server" and r["message"].startswith("serving ") for r in records)
