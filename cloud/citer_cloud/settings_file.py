@@ -18,13 +18,18 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-def load_settings_file(path: str | os.PathLike[str], allowed: set[str]) -> dict[str, object]:
+def read_toml(path: str | os.PathLike[str], what: str) -> dict:
+    """A TOML file as a dict; a missing or broken file is a ValueError that names ``what`` and the path."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except OSError as error:
-        raise ValueError(f"cannot read the settings file {path}: {error.strerror or error}") from None
+        raise ValueError(f"cannot read the {what} {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"the settings file {path} is not valid TOML: {error}") from None
+        raise ValueError(f"the {what} {path} is not valid TOML: {error}") from None
+
+
+def load_settings_file(path: str | os.PathLike[str], allowed: set[str]) -> dict[str, object]:
+    data = read_toml(path, "settings file")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")

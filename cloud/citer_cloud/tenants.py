@@ -23,18 +23,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from citer_cloud.sessions import TenantLimits
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from citer_cloud.settings_file import read_toml
 
 #: Environment variable with ``name=token`` pairs separated by commas (default limits apply).
 TENANTS_ENV = "CITER_CLOUD_TENANTS"
@@ -94,12 +88,7 @@ class TenantDirectory:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TenantDirectory:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as error:
-            raise ValueError(f"cannot read the tenants file {path}: {error.strerror or error}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"the tenants file {path} is not valid TOML: {error}") from None
+        data = read_toml(path, "tenants file")
         defaults = _limits(data.get("defaults", {}), f"{path} [defaults]")
         tenants: dict[str, Tenant] = {}
         for name, entry in (data.get("tenants") or {}).items():
