@@ -45,7 +45,11 @@ def test_cloud_policy_reproduces_llm_greedy_on_qwen_pair(
 
 
 def test_policy_scores_each_position_once(smol_slm: LocalModel, smol_server: CloudServer) -> None:
-    """A trained router costs an ONNX run per call: the loop must not ask twice per token."""
+    """A trained router costs an ONNX run per call: the loop asks once per decision, local or cloud.
+
+    The policy routes every third decision to the cloud, which answers with two tokens per call, so the
+    count must equal SLM tokens plus cloud calls, not the number of tokens produced.
+    """
     from citer_edge.features import TokenFeatures
     from citer_edge.policies import RoutingPolicy
 
@@ -55,9 +59,12 @@ def test_policy_scores_each_position_once(smol_slm: LocalModel, smol_server: Clo
 
         def critical_probability(self, features: TokenFeatures) -> float:
             self.calls += 1
-            return 0.0
+            return 1.0 if self.calls % 3 == 0 else 0.0
 
     policy = CountingPolicy()
     cloud = CloudSession(smol_server.address, smol_slm.fingerprint)
-    result = HybridGenerator(smol_slm, policy, cloud).generate(smol_slm.tokenize(CHAT_PROMPT), max_tokens=10)
-    assert policy.calls == len(result.token_ids) == 10
+    generator = HybridGenerator(smol_slm, policy, cloud, tokens_per_call=2)
+    result = generator.generate(smol_slm.tokenize(CHAT_PROMPT), max_tokens=20)
+    summary = result.summary
+    assert summary.cloud_calls > 0 and summary.cloud_tokens > summary.cloud_calls, "the cloud path ran"
+    assert policy.calls == (summary.tokens - summary.cloud_tokens) + summary.cloud_calls

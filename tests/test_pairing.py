@@ -7,6 +7,7 @@ import pytest
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, TokenizerMismatchError
 
 
+@pytest.mark.qwen  # the other vocabulary comes from the default Qwen SLM (pulled once, 491 MB)
 def test_mismatched_tokenizers_are_refused_with_a_clear_error(
     start_server, smol_slm: LocalModel, qwen_slm_path
 ) -> None:

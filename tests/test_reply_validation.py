@@ -60,3 +60,19 @@ def test_a_reply_that_adds_up_is_taken(scripted_server, smol_slm: LocalModel) ->
     reply = cloud.decode(smol_slm.tokenize(CHAT_PROMPT), 1, SamplingSettings())
     assert reply is not None and reply.tokens == [5]
     cloud.close()
+
+
+def test_a_generation_ending_inside_a_character_does_not_drop_it(scripted_server, smol_slm: LocalModel) -> None:
+    """The last token is the first byte of a 2-byte character ("é" is C3 A9): it shows as U+FFFD, not nothing.
+
+    The scripted cloud is used only to make the generation end on that token, which no real model does on demand.
+    """
+    lead_byte = next(t for t in range(smol_slm.n_vocab) if smol_slm.token_bytes(t) == b"\xc3")
+    address = scripted_server(
+        lambda r, vocab: pb.DecodeResponse(tokens=[lead_byte], logprobs=[-0.1], new_len=length_after(r) + 1)
+    )
+    cloud = CloudSession(address, smol_slm.fingerprint)
+    result = HybridGenerator(smol_slm, CloudPolicy(), cloud).generate(smol_slm.tokenize(CHAT_PROMPT), max_tokens=1)
+    assert result.token_ids == [lead_byte]
+    assert result.text == "\ufffd"
+    cloud.close()

@@ -154,14 +154,16 @@ class HybridGenerator:
             if not batch:
                 token = sample_token(self.slm.logits, sampling, rng)
                 batch, finished = [token], self.slm.is_end(token)
-            for token in batch:
+            for index, token in enumerate(batch):
                 summary.tokens += 1
                 summary.cloud_tokens += source == "llm"
                 if summary.tokens == 1:
                     summary.time_to_first_token_s = time.perf_counter() - started
-                yield GeneratedToken(
-                    token, utf8.decode(self.slm.token_bytes(token)), source, p_critical, features.top1_prob
-                )
+                # The generation's last token flushes the decoder: an unfinished character shows as U+FFFD
+                # instead of vanishing.
+                last = summary.tokens >= max_tokens or (index == len(batch) - 1 and finished) or self.slm.is_end(token)
+                text = utf8.decode(self.slm.token_bytes(token), final=last)
+                yield GeneratedToken(token, text, source, p_critical, features.top1_prob)
             summary.elapsed_s = time.perf_counter() - started
             if finished or self.slm.is_end(batch[-1]):
                 summary.finish_reason = "stop"
