@@ -20,7 +20,7 @@ import pytest
 from citer_cloud.backend import SlotChunk
 from citer_cloud.engine import Engine
 from citer_cloud.llama_backend import LlamaCppBackend
-from citer_cloud.sessions import ErrorKind, RequestError, SessionManager
+from citer_cloud.sessions import DecodeCall, ErrorKind, RequestError, SessionManager
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel
 from citer_protocol import SamplingSettings, log_softmax
 
@@ -62,7 +62,7 @@ def _run_together(manager: SessionManager, jobs) -> None:
 
 
 def test_one_step_serves_many_sessions_in_one_forward_pass(sessions: SessionManager, prompts) -> None:
-    jobs = [sessions.begin(f"s{i}", 0, prompt, 1, GREEDY) for i, prompt in enumerate(prompts)]
+    jobs = [sessions.begin(DecodeCall(f"s{i}", 0, prompt, 1, GREEDY)) for i, prompt in enumerate(prompts)]
     sessions.step(jobs)
     assert all(job.done and len(job.tokens) == 1 for job in jobs)
     stats = sessions.stats()
@@ -77,8 +77,8 @@ def test_sessions_in_a_batch_do_not_affect_each_other(sessions: SessionManager, 
     assert len(other_neighbour) == len(neighbour) and other_neighbour != neighbour
     runs = []
     for tag, other in (("x", neighbour), ("y", other_neighbour)):
-        job_a = sessions.begin(f"a-{tag}", 0, prompts[0], 16, GREEDY)
-        job_b = sessions.begin(f"b-{tag}", 0, other, 16, GREEDY)
+        job_a = sessions.begin(DecodeCall(f"a-{tag}", 0, prompts[0], 16, GREEDY))
+        job_b = sessions.begin(DecodeCall(f"b-{tag}", 0, other, 16, GREEDY))
         _run_together(sessions, [job_a, job_b])
         assert not job_b.finished, "the neighbour must keep the batch shape for all 16 steps"
         runs.append((job_a.tokens, job_b.tokens))
@@ -113,12 +113,12 @@ def test_batched_logits_match_alone_within_tolerance(backend: LlamaCppBackend, p
 
 
 def test_long_prefill_is_chunked_behind_decode_steps(sessions: SessionManager, prompts) -> None:
-    decoding = sessions.begin("decoding", 0, prompts[1], 0, GREEDY)
+    decoding = sessions.begin(DecodeCall("decoding", 0, prompts[1], 0, GREEDY))
     _run_together(sessions, [decoding])
-    decoding = sessions.begin("decoding", len(prompts[1]), [], 4, GREEDY)
+    decoding = sessions.begin(DecodeCall("decoding", len(prompts[1]), [], 4, GREEDY))
     long_prompt = (prompts[0] * 20)[:300]
     assert len(long_prompt) == 300
-    prefilling = sessions.begin("prefilling", 0, long_prompt, 1, GREEDY)
+    prefilling = sessions.begin(DecodeCall("prefilling", 0, long_prompt, 1, GREEDY))
     steps = 0
     while not decoding.done:
         sessions.step([prefilling, decoding], token_budget=32)
@@ -131,9 +131,9 @@ def test_long_prefill_is_chunked_behind_decode_steps(sessions: SessionManager, p
 
 
 def test_begin_refuses_a_second_request_for_a_running_session(sessions: SessionManager, prompts) -> None:
-    sessions.begin("busy", 0, prompts[0], 4, GREEDY)
+    sessions.begin(DecodeCall("busy", 0, prompts[0], 4, GREEDY))
     with pytest.raises(RequestError) as caught:
-        sessions.begin("busy", len(prompts[0]), [], 1, GREEDY)
+        sessions.begin(DecodeCall("busy", len(prompts[0]), [], 1, GREEDY))
     assert caught.value.kind is ErrorKind.FAILED_PRECONDITION and caught.value.reason == "SESSION_BUSY"
 
 
@@ -141,10 +141,10 @@ def test_a_new_session_is_refused_rather_than_killing_a_running_request(smol_pat
     backend = LlamaCppBackend(smol_path, max_sessions=2, kv_tokens=1024)
     try:
         manager = SessionManager(backend)
-        first = manager.begin("first", 0, prompts[0], 8, GREEDY)
-        second = manager.begin("second", 0, prompts[1], 8, GREEDY)
+        first = manager.begin(DecodeCall("first", 0, prompts[0], 8, GREEDY))
+        second = manager.begin(DecodeCall("second", 0, prompts[1], 8, GREEDY))
         with pytest.raises(RequestError) as caught:
-            manager.begin("third", 0, prompts[2], 8, GREEDY)  # both slots run requests
+            manager.begin(DecodeCall("third", 0, prompts[2], 8, GREEDY))  # both slots run requests
         assert caught.value.kind is ErrorKind.RESOURCE_EXHAUSTED and "slots are in use" in str(caught.value)
         assert manager.session_length("third") is None and manager.stats().sessions_created == 2
         _run_together(manager, [first, second])
@@ -156,12 +156,12 @@ def test_a_new_session_is_refused_rather_than_killing_a_running_request(smol_pat
 def test_a_partial_prefill_leaves_no_stale_logits(sessions: SessionManager, prompts) -> None:
     """Cancelled after part of its prefill, a session must not answer from the logits of an earlier position."""
     prompt = prompts[0]
-    sessions.decode("x", 0, prompt[:3], 0, GREEDY)
-    job = sessions.begin("x", 3, prompt[3:10], 1, GREEDY)
+    sessions.decode(DecodeCall("x", 0, prompt[:3], 0, GREEDY))
+    job = sessions.begin(DecodeCall("x", 3, prompt[3:10], 1, GREEDY))
     sessions.step([job], token_budget=4)  # 4 of the 7 appended tokens evaluated, no logits wanted
     sessions.cancel(job)
-    resumed = sessions.decode("x", 7, [], 1, GREEDY)
-    fresh = sessions.decode("y", 0, prompt[:7], 1, GREEDY)
+    resumed = sessions.decode(DecodeCall("x", 7, [], 1, GREEDY))
+    fresh = sessions.decode(DecodeCall("y", 0, prompt[:7], 1, GREEDY))
     assert resumed.tokens == fresh.tokens
 
 
@@ -182,7 +182,7 @@ def test_engine_batches_requests_that_arrive_together(
     engine = Engine(sessions, max_batch_sessions=max_batch_sessions)
     try:
         release = _held(engine)
-        tickets = [engine.decode(f"e{i}", 0, prompt, 1, GREEDY) for i, prompt in enumerate(prompts)]
+        tickets = [engine.decode(DecodeCall(f"e{i}", 0, prompt, 1, GREEDY)) for i, prompt in enumerate(prompts)]
         release.set()
         results = [ticket.future.result(timeout=60) for ticket in tickets]
         assert all(len(result.tokens) == 1 for result in results)
@@ -196,7 +196,7 @@ def test_close_after_a_decode_of_the_same_session_sees_it_and_ends_it(sessions: 
     engine = Engine(sessions)
     try:
         release = _held(engine)
-        ticket = engine.decode("ordered", 0, prompts[0], 50, GREEDY)
+        ticket = engine.decode(DecodeCall("ordered", 0, prompts[0], 50, GREEDY))
         closed = engine.call(lambda: sessions.close("ordered"))
         release.set()
         assert closed.result(timeout=60) is True
@@ -209,12 +209,12 @@ def test_close_after_a_decode_of_the_same_session_sees_it_and_ends_it(sessions: 
 
 
 def test_engine_runs_requests_for_one_session_in_arrival_order(sessions: SessionManager, prompts) -> None:
-    whole = sessions.decode("whole", 0, prompts[0], 5, GREEDY)
+    whole = sessions.decode(DecodeCall("whole", 0, prompts[0], 5, GREEDY))
     engine = Engine(sessions)
     try:
         release = _held(engine)
-        first = engine.decode("split", 0, prompts[0], 3, GREEDY)
-        second = engine.decode("split", len(prompts[0]) + 3, [], 2, GREEDY)
+        first = engine.decode(DecodeCall("split", 0, prompts[0], 3, GREEDY))
+        second = engine.decode(DecodeCall("split", len(prompts[0]) + 3, [], 2, GREEDY))
         release.set()
         assert first.future.result(timeout=60).tokens + second.future.result(timeout=60).tokens == whole.tokens
         assert second.future.result().new_len == len(prompts[0]) + 5
@@ -225,7 +225,7 @@ def test_engine_runs_requests_for_one_session_in_arrival_order(sessions: Session
 def test_cancelled_request_stops_at_the_next_step(sessions: SessionManager, prompts) -> None:
     engine = Engine(sessions)
     try:
-        ticket = engine.decode("long", 0, prompts[0], 900, GREEDY)
+        ticket = engine.decode(DecodeCall("long", 0, prompts[0], 900, GREEDY))
         deadline = time.monotonic() + 60
         while (ticket.job is None or len(ticket.job.tokens) < 2) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -271,7 +271,7 @@ def test_engine_survives_a_call_whose_caller_stopped_waiting(sessions: SessionMa
         release = _held(engine)
         abandoned = engine.call(lambda: sessions.close("nobody"))
         assert abandoned.cancel()
-        ticket = engine.decode("after", 0, prompts[0], 2, GREEDY)
+        ticket = engine.decode(DecodeCall("after", 0, prompts[0], 2, GREEDY))
         release.set()
         assert len(ticket.future.result(timeout=60).tokens) == 2
         assert engine.call(lambda: "alive").result(timeout=60) == "alive"

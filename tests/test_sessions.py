@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from citer_cloud.llama_backend import LlamaCppBackend
-from citer_cloud.sessions import ErrorKind, RequestError, SessionManager
+from citer_cloud.sessions import DecodeCall, ErrorKind, RequestError, SessionManager
 from citer_protocol import SamplingSettings, pb, pb_grpc
 from tests.conftest import CHAT_PROMPT
 
@@ -34,12 +34,12 @@ def prompt(smol_slm) -> list[int]:
 
 
 def test_tokens_in_one_call_equal_tokens_over_many_calls(sessions: SessionManager, prompt: list[int]) -> None:
-    whole = sessions.decode("a", 0, prompt, 12, GREEDY)
+    whole = sessions.decode(DecodeCall("a", 0, prompt, 12, GREEDY))
     held = len(prompt)
     pieces: list[int] = []
-    sessions.decode("b", 0, prompt, 0, GREEDY)
+    sessions.decode(DecodeCall("b", 0, prompt, 0, GREEDY))
     while len(pieces) < 12:
-        result = sessions.decode("b", held, [], 3, GREEDY)
+        result = sessions.decode(DecodeCall("b", held, [], 3, GREEDY))
         pieces += result.tokens
         held = result.new_len
     assert pieces == whole.tokens
@@ -47,20 +47,20 @@ def test_tokens_in_one_call_equal_tokens_over_many_calls(sessions: SessionManage
 
 
 def test_rollback_recomputes_the_last_position(sessions: SessionManager, prompt: list[int]) -> None:
-    first = sessions.decode("a", 0, prompt, 5, GREEDY)
-    again = sessions.decode("a", len(prompt), [], 5, GREEDY)  # drop the 5 tokens and redo them
+    first = sessions.decode(DecodeCall("a", 0, prompt, 5, GREEDY))
+    again = sessions.decode(DecodeCall("a", len(prompt), [], 5, GREEDY))  # drop the 5 tokens and redo them
     assert again.tokens == first.tokens
 
 
 def test_lru_eviction_when_slots_run_out(sessions: SessionManager, prompt: list[int]) -> None:
-    sessions.decode("a", 0, prompt, 1, GREEDY)
-    sessions.decode("b", 0, prompt, 1, GREEDY)
-    sessions.decode("a", len(prompt) + 1, [], 1, GREEDY)  # "a" is now the most recently used
-    sessions.decode("c", 0, prompt, 1, GREEDY)  # needs a slot: evicts "b"
+    sessions.decode(DecodeCall("a", 0, prompt, 1, GREEDY))
+    sessions.decode(DecodeCall("b", 0, prompt, 1, GREEDY))
+    sessions.decode(DecodeCall("a", len(prompt) + 1, [], 1, GREEDY))  # "a" is now the most recently used
+    sessions.decode(DecodeCall("c", 0, prompt, 1, GREEDY))  # needs a slot: evicts "b"
     assert sessions.session_length("b") is None
     assert sessions.session_length("a") == len(prompt) + 2
     with pytest.raises(RequestError) as caught:
-        sessions.decode("b", len(prompt) + 1, [], 1, GREEDY)
+        sessions.decode(DecodeCall("b", len(prompt) + 1, [], 1, GREEDY))
     assert caught.value.kind is ErrorKind.FAILED_PRECONDITION and caught.value.reason == "SESSION_EVICTED"
     assert sessions.stats().sessions_evicted == 1
 
@@ -70,9 +70,9 @@ def test_kv_full_evicts_the_least_recent_idle_session_and_nothing_else(smol_path
     try:
         manager = SessionManager(backend, max_request_tokens=256)
         filler = (prompt * 10)[:120]
-        manager.decode("a", 0, filler, 0, GREEDY)
-        manager.decode("b", 0, filler, 0, GREEDY)
-        manager.decode("c", 0, filler, 0, GREEDY)  # 360 cells wanted of 256: "a" must go
+        manager.decode(DecodeCall("a", 0, filler, 0, GREEDY))
+        manager.decode(DecodeCall("b", 0, filler, 0, GREEDY))
+        manager.decode(DecodeCall("c", 0, filler, 0, GREEDY))  # 360 cells wanted of 256: "a" must go
         assert manager.session_length("a") is None
         assert manager.session_length("b") == 120, "only as much room as needed is made"
         assert manager.session_length("c") == 120

@@ -9,13 +9,14 @@ servicer only translates protobuf and status codes.
 
 from citer_cloud.backend import Backend, BackendInfo, KvCacheFull, SlotChunk
 from citer_cloud.engine import Engine
-from citer_cloud.sessions import DecodeResult, RequestError, SessionManager
+from citer_cloud.sessions import DecodeCall, DecodeResult, RequestError, SessionManager
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
     "BackendInfo",
+    "DecodeCall",
     "DecodeResult",
     "Engine",
     "KvCacheFull",

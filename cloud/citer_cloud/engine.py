@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from citer_cloud.sessions import DecodeJob, DecodeResult, RequestError, SessionManager, TenantLimits
-from citer_protocol import SamplingSettings
+from citer_cloud.sessions import DecodeCall, DecodeJob, DecodeResult, RequestError, SessionManager
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,20 +29,10 @@ T = TypeVar("T")
 class DecodeTicket:
     """A submitted Decode request: its future, and the way to withdraw it when the client goes away."""
 
-    session_id: str
-    known_len: int
-    append: list[int]
-    max_tokens: int
-    sampling: SamplingSettings
-    tenant: str = ""
-    limits: TenantLimits | None = None
+    call: DecodeCall
     future: Future[DecodeResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     job: DecodeJob | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.tenant, self.session_id)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -71,17 +60,8 @@ class Engine:
 
     # -- called from any thread -------------------------------------------
 
-    def decode(
-        self,
-        session_id: str,
-        known_len: int,
-        append: Sequence[int],
-        max_tokens: int,
-        sampling: SamplingSettings,
-        tenant: str = "",
-        limits: TenantLimits | None = None,
-    ) -> DecodeTicket:
-        ticket = DecodeTicket(session_id, known_len, list(append), max_tokens, sampling, tenant, limits)
+    def decode(self, call: DecodeCall) -> DecodeTicket:
+        ticket = DecodeTicket(call)
         self._submit(ticket)
         return ticket
 
@@ -140,15 +120,15 @@ class Engine:
         self._start_waiting()
 
     def _start_waiting(self) -> None:
-        busy = {ticket.key for ticket in self._running}
+        busy = {ticket.call.key for ticket in self._running}
         still_waiting = []
         for ticket in self._waiting:
             if ticket.cancelled.is_set():
                 ticket.future.cancel()
-            elif ticket.key in busy:
+            elif ticket.call.key in busy:
                 still_waiting.append(ticket)  # one request per session at a time, in arrival order
             elif ticket.future.set_running_or_notify_cancel():  # from here on nobody else can cancel it
-                busy.add(ticket.key)
+                busy.add(ticket.call.key)
                 self._start(ticket)
         self._waiting = still_waiting
 
@@ -165,15 +145,7 @@ class Engine:
 
     def _start(self, ticket: DecodeTicket) -> None:
         try:
-            ticket.job = self.sessions.begin(
-                ticket.session_id,
-                ticket.known_len,
-                ticket.append,
-                ticket.max_tokens,
-                ticket.sampling,
-                ticket.tenant,
-                ticket.limits,
-            )
+            ticket.job = self.sessions.begin(ticket.call)
         except RequestError as error:
             ticket.future.set_exception(error)
             return

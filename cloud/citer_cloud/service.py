@@ -18,7 +18,7 @@ import grpc
 from citer_cloud import __version__
 from citer_cloud.engine import Engine
 from citer_cloud.metrics import ServiceMetrics
-from citer_cloud.sessions import DecodeResult, ErrorKind, RequestError
+from citer_cloud.sessions import DecodeCall, DecodeResult, ErrorKind, RequestError
 from citer_cloud.tenants import Tenant, TenantDirectory
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
 
@@ -76,7 +76,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         if admit:
             self._admit(tenant)
         name, limits = (tenant.name, tenant.limits) if tenant else ("", None)
-        ticket = self._engine.decode(session_id, known_len, append, max_tokens, sampling, name, limits)
+        ticket = self._engine.decode(DecodeCall(session_id, known_len, append, max_tokens, sampling, name, limits))
         try:
             return await asyncio.shield(asyncio.wrap_future(ticket.future))
         except asyncio.CancelledError:

@@ -71,6 +71,23 @@ class TenantLimits:
 
 
 @dataclass(frozen=True)
+class DecodeCall:
+    """One Decode request as the session layer sees it: whose session, the client's view of it, what to add."""
+
+    session_id: str
+    known_len: int
+    append: Sequence[int]
+    max_tokens: int
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    tenant: str = ""
+    limits: TenantLimits | None = None
+
+    @property
+    def key(self) -> SessionKey:
+        return (self.tenant, self.session_id)
+
+
+@dataclass(frozen=True)
 class DecodeResult:
     tokens: list[int]
     logprobs: list[float]
@@ -150,37 +167,22 @@ class SessionManager:
 
     # -- public API -------------------------------------------------------
 
-    def decode(
-        self,
-        session_id: str,
-        known_len: int,
-        append: Sequence[int],
-        max_tokens: int,
-        sampling: SamplingSettings,
-        tenant: str = "",
-        limits: TenantLimits | None = None,
-    ) -> DecodeResult:
-        """Sync ``append`` after the first ``known_len`` tokens, then produce up to ``max_tokens`` (unbatched)."""
-        job = self.begin(session_id, known_len, append, max_tokens, sampling, tenant, limits)
+    def decode(self, call: DecodeCall) -> DecodeResult:
+        """Sync ``call.append`` after the first ``call.known_len`` tokens, then produce (unbatched)."""
+        job = self.begin(call)
         while not job.done:
             self.step([job])
         return job.result()
 
-    def begin(
-        self,
-        session_id: str,
-        known_len: int,
-        append: Sequence[int],
-        max_tokens: int,
-        sampling: SamplingSettings,
-        tenant: str = "",
-        limits: TenantLimits | None = None,
-    ) -> DecodeJob:
+    def begin(self, call: DecodeCall) -> DecodeJob:
         """Validate and sync a request (no forward pass yet); raises RequestError before changing anything."""
-        key = (tenant, session_id)
+        session_id, known_len, append, max_tokens, sampling = (
+            call.session_id, call.known_len, call.append, call.max_tokens, call.sampling
+        )  # fmt: skip
+        key = call.key
         with self._lock:
             self._validate(session_id, known_len, append, max_tokens)
-            self._check_limits(key, known_len, append, max_tokens, limits or TenantLimits())
+            self._check_limits(key, known_len, append, max_tokens, call.limits or TenantLimits())
             if key in self._jobs:
                 raise RequestError(
                     ErrorKind.FAILED_PRECONDITION,
