@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from citer_cloud.sessions import DecodeCall
 from citer_protocol import READY_LINE
 
 
@@ -58,3 +59,11 @@ def test_json_logs_are_one_object_per_line(smol_path: Path) -> None:
     records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r["logger"] == "citer_cloud.server" and r["message"].startswith("serving ") for r in records)
+
+
+def test_gpu_offload_setting_reaches_the_config_and_a_cpu_build_still_serves(start_server, smol_path) -> None:
+    """--n-gpu-layers is for GPU builds of llama.cpp; on a CPU build the same setting must still load and serve."""
+    printed = _serve("--model", "x.gguf", "--n-gpu-layers", "-1", "--print-config")
+    assert "n_gpu_layers = -1" in printed.stdout.splitlines()
+    server = start_server(smol_path, n_gpu_layers=-1)
+    assert server.sessions.decode(DecodeCall("gpu", 0, [1, 9690, 198], 2)).new_len == 5

@@ -75,6 +75,13 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
     )
     add_extra_buffers_argument(serve_cmd)
     serve_cmd.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=int(_env("N_GPU_LAYERS", "0")),
+        help="layers to offload to the GPU, -1 for all (needs a GPU build of llama-cpp-python) "
+        "[CITER_CLOUD_N_GPU_LAYERS]",
+    )
+    serve_cmd.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("METRICS_PORT", "-1")),
@@ -193,6 +200,7 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         max_batch_sessions=args.max_batch_sessions,
         n_threads=args.threads,
         llama_extra_buffers=args.llama_extra_buffers,
+        n_gpu_layers=args.n_gpu_layers,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
         metrics_host=args.metrics_host,
         auth_token=args.auth_token,

@@ -33,6 +33,7 @@ class LlamaCppBackend(Backend):
         n_batch: int = 512,
         verbose: bool = False,
         extra_buffers: str | None = None,
+        n_gpu_layers: int = 0,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -40,7 +41,7 @@ class LlamaCppBackend(Backend):
         max_parallel = llama_cpp.llama_max_parallel_sequences()
         if not 1 <= max_sessions <= max_parallel:
             raise ValueError(f"max_sessions must be in 1..{max_parallel}, got {max_sessions}")
-        self._model = load_llama_model(path, extra_buffers=extra_buffers, verbose=verbose)
+        self._model = load_llama_model(path, extra_buffers=extra_buffers, n_gpu_layers=n_gpu_layers, verbose=verbose)
         threads = n_threads or os.cpu_count() or 1
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_tokens

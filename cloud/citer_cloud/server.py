@@ -47,6 +47,7 @@ class ServerConfig:
     max_batch_sessions: int | None = None  # sessions per forward pass; None: all running ones, 1: serial
     n_threads: int | None = None
     llama_extra_buffers: str | None = None  # auto/on/off; None: CITER_LLAMA_EXTRA_BUFFERS, else auto
+    n_gpu_layers: int = 0  # layers offloaded to a GPU (-1: all) with a GPU build of llama.cpp
     auth_token: str | None = None  # when set, every RPC needs "authorization: Bearer <token>" (one tenant)
     tenants: TenantDirectory | None = None  # per-tenant tokens, namespaces and limits (instead of auth_token)
     max_session_kv_share: float = 1.0  # the largest share of the KV cache one session may hold
@@ -87,6 +88,7 @@ class _Running:
             n_threads=config.n_threads,
             verbose=config.verbose,
             extra_buffers=config.llama_extra_buffers,
+            n_gpu_layers=config.n_gpu_layers,
         )
         self.sessions = SessionManager(
             self.backend,

@@ -158,13 +158,16 @@ def load_llama_model(
     *,
     extra_buffers: str | None = None,
     vocab_only: bool = False,
+    n_gpu_layers: int = 0,
     verbose: bool = False,
 ):
     """Open a GGUF with llama-cpp-python's low-level ``LlamaModel``, using the buffer policy for this CPU.
 
     ``extra_buffers`` is ``auto``, ``on``, ``off`` or None (the environment
     decides, else ``auto``). ``vocab_only`` reads just the tokenizer (fast;
-    enough for tokens and the fingerprint). Raises ``FileNotFoundError`` for
+    enough for tokens and the fingerprint). ``n_gpu_layers`` offloads that many
+    layers (-1: all) where llama.cpp was built with a GPU backend (CUDA, Metal,
+    Vulkan); a CPU build ignores it. Raises ``FileNotFoundError`` for
     a missing file and ``ValueError`` for a bad setting, before anything is loaded.
     """
     from llama_cpp import _internals as llama_internals
@@ -180,6 +183,7 @@ def load_llama_model(
     params = llama_internals.LlamaModel.default_params()
     params.use_extra_bufts = policy.use_extra_buffers
     params.vocab_only = vocab_only
+    params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 2**31 - 1
     return llama_internals.LlamaModel(path_model=str(path), params=params, verbose=verbose)
 
 
