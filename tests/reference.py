@@ -8,7 +8,6 @@ cloud backend it checks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as llama_internals
 
-from citer_protocol.llama_loader import load_llama_model
+from citer_protocol.llama_loader import context_params, decode_in_order, load_llama_model
 
 
 def llama_greedy(
@@ -28,11 +27,7 @@ def llama_greedy(
     the edge SLM uses (see LocalModel), since batch shapes change the numerics.
     """
     model = load_llama_model(model_path)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = params.n_ubatch = 512  # llama.cpp's default, and the SLM's prefill batch
-    params.n_threads = params.n_threads_batch = os.cpu_count() or 1
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params = context_params(n_ctx, 512)  # 512: llama.cpp's default batch, and the SLM's prefill batch
     ctx = llama_internals.LlamaContext(model=model, params=params, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(model.model)
     n_vocab = model.n_vocab()
@@ -41,7 +36,7 @@ def llama_greedy(
             raise ValueError(f"the reference feeds the prompt in one batch of at most {params.n_batch} tokens")
         batches = [list(prompt[:-1]), list(prompt[-1:])] if split_last else [list(prompt)]
         for batch in batches:
-            _decode(ctx, batch)
+            decode_in_order(ctx, batch)
         out: list[int] = []
         for _ in range(n_tokens):
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,))
@@ -49,16 +44,8 @@ def llama_greedy(
             out.append(token)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
-            _decode(ctx, [token])
+            decode_in_order(ctx, [token])
         return out
     finally:
         ctx.close()
         model.close()
-
-
-def _decode(ctx: llama_internals.LlamaContext, tokens: list[int]) -> None:
-    """One ``llama_decode`` of ``tokens`` appended to sequence 0 (positions follow on automatically)."""
-    array = (llama_cpp.llama_token * len(tokens))(*tokens)
-    status = llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
-    if status != 0:
-        raise RuntimeError(f"llama_decode failed with status {status}")

@@ -19,7 +19,7 @@ from llama_cpp import _internals as llama_internals
 
 from citer_edge.errors import CiterEdgeError, ModelNotFoundError
 from citer_edge.sequences import common_prefix_len
-from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
+from citer_protocol.llama_loader import context_params, load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,9 @@ class LocalModel:
         self._model = load_llama_model(path, extra_buffers=extra_buffers, verbose=verbose)
         self.n_ctx = min(n_ctx, self._model.n_ctx_train()) if n_ctx > 0 else self._model.n_ctx_train()
         self.prefill_batch = max(1, min(prefill_batch, self.n_ctx))
-        threads = n_threads or os.cpu_count() or 1
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx
-        params.n_batch = self.prefill_batch
-        params.n_ubatch = self.prefill_batch
-        params.n_threads = threads
-        params.n_threads_batch = threads
+        params = context_params(self.n_ctx, self.prefill_batch, n_threads)
         params.embeddings = True
         params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = llama_internals.LlamaContext(model=self._model, params=params, verbose=verbose)
         self._batch = llama_cpp.llama_batch_init(self.prefill_batch, 0, 1)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)

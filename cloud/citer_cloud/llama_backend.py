@@ -16,7 +16,7 @@ import numpy as np
 from llama_cpp import _internals as llama_internals
 
 from citer_cloud.backend import Backend, BackendInfo, KvCacheFull, SlotChunk
-from citer_protocol.llama_loader import load_llama_model, vocab_fingerprint
+from citer_protocol.llama_loader import context_params, load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,10 @@ class LlamaCppBackend(Backend):
         if not 1 <= max_sessions <= max_parallel:
             raise ValueError(f"max_sessions must be in 1..{max_parallel}, got {max_sessions}")
         self._model = load_llama_model(path, extra_buffers=extra_buffers, n_gpu_layers=n_gpu_layers, verbose=verbose)
-        threads = n_threads or os.cpu_count() or 1
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_tokens
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params = context_params(kv_tokens, n_batch, n_threads)
         params.n_seq_max = max_sessions
         params.kv_unified = True  # sessions share all cells: one long chat may use what idle ones do not
-        params.n_threads = threads
-        params.n_threads_batch = threads
         params.embeddings = False
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = llama_internals.LlamaContext(model=self._model, params=params, verbose=verbose)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from citer_protocol.llama_loader import choose_buffer_policy, load_llama_model
+from citer_protocol.llama_loader import choose_buffer_policy, context_params, decode_in_order, load_llama_model
 
 #: Enough tokens that llama.cpp runs its batched (matrix-matrix) kernels, not the one-token path.
 DEFAULT_TOKENS = 64
@@ -27,26 +27,19 @@ FILLER_TEXT = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + 
 
 def batched_decode(model_path: str | os.PathLike[str], n_tokens: int = DEFAULT_TOKENS) -> float:
     """Load the model through the project's loader and decode ``n_tokens`` in one batch; return seconds taken."""
-    import llama_cpp
     from llama_cpp import _internals as llama_internals
 
     model = load_llama_model(model_path)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = params.n_batch = params.n_ubatch = max(n_tokens, 64)
-    params.n_threads = params.n_threads_batch = os.cpu_count() or 1
-    ctx = llama_internals.LlamaContext(model=model, params=params, verbose=False)
+    size = max(n_tokens, 64)
+    ctx = llama_internals.LlamaContext(model=model, params=context_params(size, size), verbose=False)
     try:
         text = FILLER_TEXT * (n_tokens // 8 + 1)
         tokens = model.tokenize(text.encode(), True, False)[:n_tokens]
         if len(tokens) < n_tokens:
             raise RuntimeError(f"could not make {n_tokens} tokens of test text")
-        array = (llama_cpp.llama_token * n_tokens)(*tokens)
         start = time.perf_counter()
-        status = llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(array, n_tokens))
-        seconds = time.perf_counter() - start
-        if status != 0:
-            raise RuntimeError(f"llama_decode returned status {status}")
-        return seconds
+        decode_in_order(ctx, tokens)
+        return time.perf_counter() - start
     finally:
         ctx.close()
         model.close()

@@ -198,6 +198,34 @@ def add_extra_buffers_argument(parser: argparse.ArgumentParser | argparse._Argum
     )
 
 
+def context_params(n_ctx: int, n_batch: int, n_threads: int | None = None):
+    """llama.cpp context parameters every context in the project shares; callers add what is theirs.
+
+    Flash attention stays off everywhere, so the edge SLM, the cloud backend and
+    the tests' reference decoder run the same attention kernels (outputs that
+    tests compare exactly must come from the same numerics).
+    """
+    import llama_cpp
+
+    threads = n_threads or os.cpu_count() or 1
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return params
+
+
+def decode_in_order(ctx, tokens: list[int]) -> None:
+    """One ``llama_decode`` of ``tokens`` appended to sequence 0; raises RuntimeError on a non-zero status."""
+    import llama_cpp
+
+    array = (llama_cpp.llama_token * len(tokens))(*tokens)
+    status = llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
+    if status != 0:
+        raise RuntimeError(f"llama_decode returned status {status}")
+
+
 def vocab_fingerprint(model) -> str:
     """The tokenizer fingerprint of a loaded model (see ``citer_protocol.fingerprint``): what pairs SLM and LLM."""
     import llama_cpp
