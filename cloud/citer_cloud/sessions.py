@@ -339,13 +339,13 @@ class SessionManager:
                 f"would need {wanted}",
             )
         tenant = key[0]
-        mine = [s for k, s in self._sessions.items() if k[0] == tenant]
-        is_new = key not in self._sessions
-        if limits.max_sessions is not None and is_new and len(mine) >= limits.max_sessions:
-            raise RequestError(
-                ErrorKind.RESOURCE_EXHAUSTED,
-                f"tenant {tenant!r} has {len(mine)} live sessions, its limit; close one (CloseSession) first",
-            )
+        if limits.max_sessions is not None and key not in self._sessions:  # only counted where a limit applies
+            live = sum(1 for k in self._sessions if k[0] == tenant)
+            if live >= limits.max_sessions:
+                raise RequestError(
+                    ErrorKind.RESOURCE_EXHAUSTED,
+                    f"tenant {tenant!r} has {live} live sessions, its limit; close one (CloseSession) first",
+                )
         if limits.max_kv_tokens is not None:
             held = sum(  # what its other sessions hold, and what their running requests will still add
                 len(s.tokens) + (self._jobs[k].max_tokens - len(self._jobs[k].tokens) if k in self._jobs else 0)
