@@ -75,8 +75,9 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     ) -> DecodeResult:
         if admit:
             self._admit(tenant)
-        name, limits = (tenant.name, tenant.limits) if tenant else ("", None)
-        ticket = self._engine.decode(DecodeCall(session_id, known_len, append, max_tokens, sampling, name, limits))
+        limits = tenant.limits if tenant else None
+        call = DecodeCall(session_id, known_len, append, max_tokens, sampling, _namespace(tenant), limits)
+        ticket = self._engine.decode(call)
         try:
             return await asyncio.shield(asyncio.wrap_future(ticket.future))
         except asyncio.CancelledError:
@@ -125,7 +126,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         known_len, append = 0, list(request.prompt)
         started = time.perf_counter()
         tenant = self._tenant(context)
-        namespace = tenant.name if tenant else ""
+        namespace = _namespace(tenant)
         try:
             sampling = sampling_from_proto(request.sampling)
             if not append:
@@ -151,8 +152,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
         started = time.perf_counter()
-        tenant = self._tenant(context)
-        namespace = tenant.name if tenant else ""
+        namespace = _namespace(self._tenant(context))
         existed = await self._call(lambda: self._sessions.close(request.session_id, namespace))
         self._observe("CloseSession", started)
         return pb.CloseSessionResponse(existed=existed)
@@ -165,6 +165,11 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+
+
+def _namespace(tenant: Tenant | None) -> str:
+    """Where the caller's sessions live: its tenant's name, or the one shared namespace without tenants."""
+    return tenant.name if tenant else ""
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: RequestError) -> None:
