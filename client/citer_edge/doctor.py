@@ -8,7 +8,6 @@ process, so doctor itself survives them and can say so.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -133,21 +132,13 @@ def _model_checks() -> list[Check]:
             checks.append(
                 Check(name, INFO, f"not downloaded (pulled on first use; `citer-edge models pull {spec.alias}`)")
             )
-        elif _sha256(path) != spec.sha256:
+        elif not models.checksum_ok(spec.alias):
             checks.append(
                 Check(name, FAIL, f"checksum mismatch: {path}", f"rm {path} && citer-edge models pull {spec.alias}")
             )
         else:
             checks.append(Check(name, OK, str(path)))
     return checks
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,15 @@ def _wheel_member_chunks(wheel: Path, member_pattern: str, chunk_size: int = 1 <
                     yield chunk
 
 
+def checksum_ok(alias: str) -> bool:
+    """Whether the cached file of ``alias`` still hashes to its registry sha256 (a corrupt cache says no)."""
+    digest = hashlib.sha256()
+    with open(cached_path(alias), "rb") as source:
+        while chunk := source.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest() == REGISTRY[alias].sha256
+
+
 def list_models() -> list[tuple[ModelSpec, Path | None]]:
     """Every known alias with its cached path, or None where it is not downloaded."""
     return [(spec, cached_path(alias) if is_cached(alias) else None) for alias, spec in REGISTRY.items()]
@@ -189,6 +198,7 @@ __all__ = [
     "REGISTRY",
     "ModelSpec",
     "cache_dir",
+    "checksum_ok",
     "list_models",
     "pull_model",
     "resolve_model",
