@@ -35,16 +35,18 @@ def rejection(stub, **fields) -> grpc.RpcError:
     return caught.value
 
 
-def test_each_bad_request_gets_its_status_and_the_session_survives(stub, server: CloudServer) -> None:
-    first = decode(stub, known_len=0, append=PROMPT, max_tokens=1)
-    held = first.new_len
-    vocab = server.sessions.backend.info.vocab_size
-    cases = {
+def bad_requests(held: int, vocab: int, window: int = 256, limit: int = 300) -> dict[str, tuple[dict, str]]:
+    """Each kind of bad request for a session holding ``held`` tokens, with its status.
+
+    ``window`` is the server's context window, ``limit`` its max_request_tokens (at least ``window - held + 1``).
+    """
+    half = limit // 2 + 1
+    return {
         "token outside vocabulary": (dict(known_len=held, append=[vocab], max_tokens=1), "INVALID_ARGUMENT"),
         "negative token": (dict(known_len=held, append=[-1], max_tokens=1), "INVALID_ARGUMENT"),
         "empty request": (dict(known_len=held, append=[], max_tokens=0), "INVALID_ARGUMENT"),
-        "oversized request": (dict(known_len=held, append=[5] * 200, max_tokens=150), "RESOURCE_EXHAUSTED"),
-        "beyond the window": (dict(known_len=held, append=[5] * 250, max_tokens=6), "OUT_OF_RANGE"),
+        "oversized request": (dict(known_len=held, append=[5] * half, max_tokens=half), "RESOURCE_EXHAUSTED"),
+        "beyond the window": (dict(known_len=held, append=[5] * (window - held - 5), max_tokens=6), "OUT_OF_RANGE"),
         "bad temperature": (
             dict(known_len=held, append=[], max_tokens=1, sampling=pb.SamplingParams(temperature=-1)),
             "INVALID_ARGUMENT",
@@ -64,6 +66,13 @@ def test_each_bad_request_gets_its_status_and_the_session_survives(stub, server:
         "known_len ahead": (dict(known_len=held + 5, append=[], max_tokens=1), "FAILED_PRECONDITION"),
         "empty session id": (dict(session_id="", known_len=0, append=PROMPT, max_tokens=1), "INVALID_ARGUMENT"),
     }
+
+
+def test_each_bad_request_gets_its_status_and_the_session_survives(stub, server: CloudServer) -> None:
+    first = decode(stub, known_len=0, append=PROMPT, max_tokens=1)
+    held = first.new_len
+    vocab = server.sessions.backend.info.vocab_size
+    cases = bad_requests(held, vocab)
     for name, (fields, code) in cases.items():
         error = rejection(stub, **fields)
         assert error.code().name == code, f"{name}: {error.code()} {error.details()}"

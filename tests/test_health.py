@@ -70,3 +70,13 @@ def test_reflection_lists_the_citer_and_health_services(smol_server) -> None:
     with grpc.insecure_channel(smol_server.address) as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert {"citer.v1.LlmService", "grpc.health.v1.Health"} <= set(services)
+
+
+def test_health_command_exits_zero_only_while_serving(smol_server, free_port, capsys) -> None:
+    """``citer-cloud health`` (the containers' HEALTHCHECK): 0 and SERVING for a live server, 1 where none answers."""
+    from citer_cloud.cli import main
+
+    assert main(["health", smol_server.address]) == 0
+    assert capsys.readouterr().out.strip() == f"{smol_server.address}: SERVING"
+    assert main(["health", f"127.0.0.1:{free_port}", "--timeout", "2"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err

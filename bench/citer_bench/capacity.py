@@ -6,10 +6,14 @@ per call (what a token-level router does between critical tokens), ``--calls``
 times. Each server configuration (``--configs``) is a fresh ``citer-cloud``
 process: ``serial`` serves one request per forward pass
 (``--max-batch-sessions 1``), ``batched`` lets every running request share
-each pass. Reported per configuration and N: calls/s, p50/p95/p99 call
-latency, forward passes and prefilled tokens per call, and the server's
-CPU-seconds per produced token (from /proc). A session that fails fails the
-run: a shrinking sample would flatter the numbers.
+each pass, ``vllm`` serves the same model through vLLM (``--vllm-model``: the
+LLM as a Hugging Face folder, e.g. made by ``citer-bench gguf-to-hf``).
+Reported per configuration and N: calls/s, p50/p95/p99 call latency, forward
+passes and prefilled tokens per call (for vLLM: the tokens it computed, i.e.
+not found in its prefix cache), and the server's CPU-seconds per produced
+token (from /proc, the server's whole process tree: vLLM computes in a child).
+A session that fails fails the run: a shrinking sample would flatter the
+numbers.
 
 The load generator runs on the same machine as the server, so on a small box
 the figures include its contention for the cores.
@@ -41,7 +45,7 @@ FILLER = (
     "    result = []\n    for item in items:\n        if item is not None and item > threshold:\n"
     "            result.append(transform(item))\n    return sorted(result, key=lambda value: -value)\n"
 )
-CONFIGS = {"serial": ["--max-batch-sessions", "1"], "batched": []}
+CONFIGS = {"serial": ["--max-batch-sessions", "1"], "batched": [], "vllm": ["--backend", "vllm"]}
 
 
 def one_session(address: str, fingerprint: str, prompt: list[int], filler: list[int], args, latencies: list[float]):
@@ -67,9 +71,24 @@ def percentile_ms(ordered: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and all its live descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        ticks[child] = int(fields[11]) + int(fields[12])
+    tree = {pid}
+    grew = True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    return sum(ticks.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def run_sessions(address: str, fingerprint: str, prompts: list[list[int]], filler: list[int], n: int, args):
@@ -134,7 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions", type=int, default=64, help="server's --max-sessions")
     parser.add_argument("--kv-tokens", type=int, default=16384, help="server's --kv-tokens")
     parser.add_argument("--name", default="capacity", help="result file name under bench/results/")
+    parser.add_argument("--vllm-model", type=Path, help="the LLM as a Hugging Face folder, for the vllm config")
+    parser.add_argument(
+        "--vllm-args",
+        default="--gpu-memory-utilization 0.1 --max-context 4096",
+        help="more citer-cloud flags for the vllm config (default: %(default)s, for vLLM's CPU build)",
+    )
     args = parser.parse_args(argv)
+    if "vllm" in args.configs and args.vllm_model is None:
+        parser.error("the vllm config needs --vllm-model (a Hugging Face folder; see citer-bench gguf-to-hf)")
 
     llm_path = resolve_model(args.llm)
     with LocalModel(llm_path, n_ctx=512) as tokenizer:  # only for token ids and the fingerprint
@@ -146,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     for config in args.configs:
         server_args = ["--max-sessions", str(args.max_sessions), "--kv-tokens", str(args.kv_tokens), *CONFIGS[config]]
+        model = llm_path
+        if config == "vllm":
+            model = args.vllm_model
+            server_args += args.vllm_args.split()
         rows = results[config] = []
-        with LocalCloud(llm_path, extra_args=server_args) as cloud:
+        with LocalCloud(model, extra_args=server_args, startup_timeout_s=900) as cloud:
             for n in args.sessions:
                 row = measure(cloud, fingerprint, prompts, filler, n, args)
                 rows.append(row)
@@ -168,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             "append": args.append,
             "max_sessions": args.max_sessions,
             "kv_tokens": args.kv_tokens,
-            "configs": {config: "llama.cpp " + (" ".join(CONFIGS[config]) or "batched") for config in args.configs},
+            "configs": {config: describe_config(config, args) for config in args.configs},
+            "vllm_model": str(args.vllm_model) if "vllm" in args.configs else None,
             "note": "load generator and server share this machine's cores",
         },
         "results": results,
@@ -177,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     plot(payload, RESULTS_DIR / f"{args.name}.png")
     print(f"wrote {path}")
     return 0
+
+
+def describe_config(config: str, args: argparse.Namespace) -> str:
+    if config == "vllm":
+        return f"vLLM {' '.join(CONFIGS[config])} {args.vllm_args} (prefix caching on)"
+    return "llama.cpp " + (" ".join(CONFIGS[config]) or "batched")
 
 
 def plot(payload: dict, path: Path) -> None:

@@ -3,8 +3,13 @@
 The session layer decides *what* each slot holds; a backend only knows *how* to
 extend or cut slots. One call may extend many slots at once (one forward pass
 for every session's pending tokens), which is what lets the engine batch
-concurrent requests. llama.cpp (CPU/any GGUF) implements it today; a PyTorch
-or vLLM backend for GPUs is another subclass.
+concurrent requests. Two kinds exist, because the engines that drive them differ:
+
+- a ``BatchingBackend`` (llama.cpp) returns next-token *logits*: our engine
+  batches the steps of all sessions and the session manager samples;
+- a ``GeneratingBackend`` (vLLM) takes a whole sequence and produces tokens
+  itself: it batches, schedules and caches prefixes on its own, so our side
+  only keeps each session's tokens and submits them with the appended delta.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from citer_protocol import SamplingSettings
 
 
 class KvCacheFull(Exception):
@@ -42,9 +49,25 @@ class SlotChunk:
 
 
 class Backend(ABC):
-    """Computes next-token logits for token sequences living in numbered slots."""
+    """What the session layer needs of any model: its facts, cutting a slot, and which tokens end a generation."""
 
     info: BackendInfo
+
+    @abstractmethod
+    def truncate(self, slot: int, n_tokens: int) -> None:
+        """Keep only the first ``n_tokens`` of ``slot`` (0 frees it)."""
+
+    @abstractmethod
+    def is_end(self, token: int) -> bool:
+        """True for end-of-generation tokens."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release native resources."""
+
+
+class BatchingBackend(Backend):
+    """Computes next-token logits for token sequences living in numbered slots."""
+
     max_batch_tokens: int  # most tokens one ``evaluate_batch`` call may carry, all chunks together
 
     @abstractmethod
@@ -74,13 +97,31 @@ class Backend(ABC):
         assert logits is not None
         return logits
 
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generating backend produced for one request."""
+
+    tokens: list[int]
+    logprobs: list[float]  # of each produced token, under the raw model distribution
+    finished: bool  # stopped at an end-of-generation token
+    computed_tokens: int  # prompt tokens it had to compute (the rest came from its prefix cache)
+
+
+class GeneratingBackend(Backend):
+    """Produces tokens for whole sequences by itself, batching concurrent requests inside its own engine.
+
+    Slots are only our session bookkeeping here: the backend's cache is keyed
+    by content (prefix caching), so ``truncate`` has nothing to undo.
+    """
+
+    async def check_health(self) -> bool:
+        """True when the engine answers; raises (or never returns) when it is dead or stuck."""
+        return True
+
     @abstractmethod
+    async def generate(self, tokens: Sequence[int], max_tokens: int, sampling: SamplingSettings) -> Generation:
+        """Continue ``tokens`` by up to ``max_tokens`` tokens (at least 1)."""
+
     def truncate(self, slot: int, n_tokens: int) -> None:
-        """Keep only the first ``n_tokens`` of ``slot`` (0 frees it)."""
-
-    @abstractmethod
-    def is_end(self, token: int) -> bool:
-        """True for end-of-generation tokens."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release native resources."""
+        """Nothing to cut: the next request names its whole sequence and the prefix cache finds what it shares."""

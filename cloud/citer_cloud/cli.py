@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from citer_cloud.server import ServerConfig, serve
+from citer_cloud.server import BACKENDS, ServerConfig, serve
 from citer_cloud.settings_file import configure_logging, load_settings_file
 from citer_cloud.tenants import TENANTS_ENV, TenantDirectory
 from citer_protocol.llama_loader import EXTRA_BUFFERS_ENV, add_extra_buffers_argument
@@ -27,7 +27,9 @@ def _env(name: str, default: str) -> str:
 def build_parser(file_settings: dict[str, object] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="citer-cloud", description="The citer-edge cloud LLM service (gRPC).")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = sub.add_parser("serve", help="serve one GGUF model over gRPC")
+    serve_cmd = sub.add_parser(
+        "serve", help="serve one model over gRPC (a GGUF with llama.cpp, a model folder with vLLM)"
+    )
     serve_cmd.add_argument(
         "--config",
         default=_env("CONFIG", "") or None,
@@ -40,7 +42,16 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
         default=_env("LOG_FORMAT", "text"),
         help="json: one JSON object per log line, for log collectors [CITER_CLOUD_LOG_FORMAT]",
     )
-    serve_cmd.add_argument("--model", default=_env("MODEL", ""), help="GGUF path [CITER_CLOUD_MODEL]")
+    serve_cmd.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=_env("BACKEND", "llama.cpp"),
+        help="llama.cpp: a GGUF file, CPU or GPU build; vllm: a Hugging Face model folder, GPU servers (needs the "
+        "vllm extra) [CITER_CLOUD_BACKEND]",
+    )
+    serve_cmd.add_argument(
+        "--model", default=_env("MODEL", ""), help="GGUF path, or a model folder for vllm [CITER_CLOUD_MODEL]"
+    )
     serve_cmd.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address [CITER_CLOUD_HOST]")
     serve_cmd.add_argument(
         "--port", type=int, default=int(_env("PORT", "50051")), help="port, 0 for any free one [CITER_CLOUD_PORT]"
@@ -80,6 +91,41 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
         default=int(_env("N_GPU_LAYERS", "0")),
         help="layers to offload to the GPU, -1 for all (needs a GPU build of llama-cpp-python) "
         "[CITER_CLOUD_N_GPU_LAYERS]",
+    )
+    vllm = serve_cmd.add_argument_group("vLLM backend (--backend vllm)")
+    vllm.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=int(_env("TENSOR_PARALLEL_SIZE", "1")),
+        help="GPUs one model is split across, layer by layer [CITER_CLOUD_TENSOR_PARALLEL_SIZE]",
+    )
+    vllm.add_argument(
+        "--pipeline-parallel-size",
+        type=int,
+        default=int(_env("PIPELINE_PARALLEL_SIZE", "1")),
+        help="pipeline stages (GPUs or, with a Ray cluster, nodes) [CITER_CLOUD_PIPELINE_PARALLEL_SIZE]",
+    )
+    vllm.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=float(_env("GPU_MEMORY_UTILIZATION", "0")) or None,
+        help="share of GPU memory vLLM takes for weights and KV cache (vLLM's default 0.9; on vLLM's CPU build the "
+        "share of host RAM: use a small value) [CITER_CLOUD_GPU_MEMORY_UTILIZATION]",
+    )
+    vllm.add_argument(
+        "--max-context",
+        type=int,
+        default=int(_env("MAX_CONTEXT", "0")) or None,
+        help="longest session in tokens (vLLM's max_model_len; default: the model's) [CITER_CLOUD_MAX_CONTEXT]",
+    )
+    vllm.add_argument(
+        "--dtype", default=_env("DTYPE", "auto"), help="weights and activations: auto, bfloat16, float16, float32"
+    )
+    vllm.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=_env("ENFORCE_EAGER", "") == "1",
+        help="skip CUDA graph capture: faster start, slower steps [CITER_CLOUD_ENFORCE_EAGER=1]",
     )
     serve_cmd.add_argument(
         "--metrics-port",
@@ -130,6 +176,11 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
     )
     if file_settings:
         serve_cmd.set_defaults(**file_settings)
+    health = sub.add_parser(
+        "health", help="ask a running service whether it is SERVING (exit 0) or not (exit 1): for container checks"
+    )
+    health.add_argument("address", nargs="?", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     return parser
 
 
@@ -165,16 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"citer-cloud: error: {error}", file=sys.stderr)
         return 2
+    if args.command == "health":
+        return check_health(args.address, args.timeout)
     if args.print_config:
         sys.stdout.write(settings_toml(args))
         return 0
     configure_logging(args.verbose, args.log_format)
     model = Path(args.model).expanduser() if args.model else None
-    if model is None or not model.is_file():
-        print(
-            f"citer-cloud: error: model file not found: {args.model or '(none given; use --model PATH)'}",
-            file=sys.stderr,
-        )
+    problem = _model_problem(args.backend, model)
+    if problem:
+        print(f"citer-cloud: error: {problem}", file=sys.stderr)
         return 2
     try:
         config = _config(args, model)
@@ -183,15 +234,53 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError) as error:  # ImportError: --backend vllm without vLLM installed
         print(f"citer-cloud: error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
+def check_health(address: str, timeout_s: float) -> int:
+    """One gRPC health check of the whole server (plaintext: meant for the container's own loopback)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.RpcError as error:
+        print(f"citer-cloud: {address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _model_problem(backend: str, model: Path | None) -> str | None:
+    """What is wrong with ``--model`` for this backend, in one line; None when it looks right."""
+    if model is None:
+        return "no model given; use --model PATH"
+    if backend == "vllm":
+        if not (model / "config.json").is_file():
+            return f"--backend vllm needs a Hugging Face model folder with a config.json: {model}"
+        return None
+    if model.is_dir():
+        return f"--backend llama.cpp needs a GGUF file, got a folder (for a model folder use --backend vllm): {model}"
+    if not model.is_file():
+        return f"model file not found: {model}"
+    return None
+
+
 def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
     return ServerConfig(
         model_path=model,
+        backend=args.backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_context=args.max_context,
+        dtype=args.dtype,
+        enforce_eager=args.enforce_eager,
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,

@@ -33,9 +33,18 @@ class DecodeTicket:
     future: Future[DecodeResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     job: DecodeJob | None = None
+    _on_cancel: list[Callable[[], object]] = field(default_factory=list)
 
     def cancel(self) -> None:
         self.cancelled.set()
+        for callback in self._on_cancel:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        """Also run ``callback`` when the ticket is cancelled (an engine that can stop the work at once)."""
+        self._on_cancel.append(callback)
+        if self.cancelled.is_set():
+            callback()
 
 
 class Engine:
@@ -70,6 +79,10 @@ class Engine:
         future: Future[T] = Future()
         self._submit((fn, future))
         return future
+
+    def probe(self) -> Future[bool]:
+        """Answers between two steps: a stuck model thread never answers (the health watchdog's question)."""
+        return self.call(lambda: True)
 
     def shutdown(self) -> None:
         """Stop after the current step; requests still running fail with a RuntimeError."""

@@ -16,6 +16,7 @@ import logging
 from grpc_health.v1 import health, health_pb2
 
 from citer_cloud.engine import Engine
+from citer_cloud.generation_engine import GenerationEngine
 from citer_protocol import pb
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class EngineHealth:
     """Owns the health servicer and the watchdog that keeps its status honest."""
 
-    def __init__(self, engine: Engine, probe_interval_s: float = 5.0, probe_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, engine: Engine | GenerationEngine, probe_interval_s: float = 5.0, probe_timeout_s: float = 30.0
+    ) -> None:
         self.servicer = health.aio.HealthServicer()
         self._engine = engine
         self._interval_s = probe_interval_s
@@ -57,9 +60,13 @@ class EngineHealth:
 
     async def _engine_answers(self) -> bool:
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._engine.call(lambda: True)), self._timeout_s)
+            await asyncio.wait_for(asyncio.wrap_future(self._engine.probe()), self._timeout_s)
             return True
-        except (asyncio.TimeoutError, RuntimeError):  # asyncio.TimeoutError is not TimeoutError before 3.11
+        except (
+            asyncio.TimeoutError,
+            RuntimeError,
+            ConnectionError,
+        ):  # asyncio.TimeoutError is not TimeoutError before 3.11
             return False
 
     async def _publish(self, serving: bool) -> None:

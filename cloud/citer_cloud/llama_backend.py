@@ -15,13 +15,13 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as llama_internals
 
-from citer_cloud.backend import Backend, BackendInfo, KvCacheFull, SlotChunk
+from citer_cloud.backend import BackendInfo, BatchingBackend, KvCacheFull, SlotChunk
 from citer_protocol.llama_loader import context_params, load_llama_model, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(BatchingBackend):
     """Runs a GGUF model on CPU (or whatever llama.cpp was built for)."""
 
     def __init__(

@@ -22,7 +22,9 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from citer_cloud.auth import TenantAuthInterceptor
+from citer_cloud.backend import Backend, GeneratingBackend
 from citer_cloud.engine import Engine
+from citer_cloud.generation_engine import GenerationEngine
 from citer_cloud.health import SERVICE_NAMES as HEALTH_SERVICE_NAMES
 from citer_cloud.health import EngineHealth
 from citer_cloud.llama_backend import LlamaCppBackend
@@ -36,9 +38,13 @@ from citer_protocol import READY_LINE, pb_grpc
 log = logging.getLogger(__name__)
 
 
+BACKENDS = ("llama.cpp", "vllm")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    model_path: Path
+    model_path: Path  # a GGUF file (llama.cpp) or a Hugging Face model folder (vLLM)
+    backend: str = "llama.cpp"
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
     max_sessions: int = 16
@@ -60,8 +66,17 @@ class ServerConfig:
     health_probe_interval_s: float = 5.0  # how often the health watchdog asks the engine for a sign of life
     health_probe_timeout_s: float = 30.0  # no answer for this long: NOT_SERVING
     stop_on_stdin_eof: bool = False  # a child server's lifeline: the parent's end of the pipe closes when it dies
+    # vLLM only (see citer_cloud.vllm_backend.VllmSettings)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_context: int | None = None
+    dtype: str = "auto"
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.auth_token and self.tenants is not None:
             raise ValueError("use either one shared auth token or a tenants file, not both")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -81,21 +96,18 @@ class _Running:
             if config.tls_cert is not None and config.tls_key is not None
             else None
         )
-        self.backend = LlamaCppBackend(
-            config.model_path,
-            max_sessions=config.max_sessions,
-            kv_tokens=config.kv_tokens,
-            n_threads=config.n_threads,
-            verbose=config.verbose,
-            extra_buffers=config.llama_extra_buffers,
-            n_gpu_layers=config.n_gpu_layers,
-        )
+        self.backend = _load_backend(config)
         self.sessions = SessionManager(
             self.backend,
             max_request_tokens=config.max_request_tokens,
             max_session_kv_share=config.max_session_kv_share,
         )
-        self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
+        self.engine: Engine | GenerationEngine
+        if isinstance(self.backend, GeneratingBackend):
+            self.engine = GenerationEngine(self.sessions, asyncio.get_running_loop())
+            self.backend.on_step(self.sessions.count_forward_pass)
+        else:
+            self.engine = Engine(self.sessions, max_batch_sessions=config.max_batch_sessions)
         self.metrics = ServiceMetrics(self.sessions.stats) if config.metrics_port is not None else None
         if self.metrics is not None:
             self.sessions.on_step = self.metrics.observe_step
@@ -150,6 +162,34 @@ class _Running:
             self.metrics.close()
         self.servicer.shutdown()
         self.backend.close()
+
+
+def _load_backend(config: ServerConfig) -> Backend:
+    """The model, loaded before anything listens (a wrong path fails before the port opens)."""
+    if config.backend == "vllm":
+        from citer_cloud.vllm_backend import VllmBackend, VllmSettings  # vLLM is an optional extra
+
+        return VllmBackend(
+            VllmSettings(
+                model=config.model_path,
+                max_sessions=config.max_sessions,
+                max_context=config.max_context,
+                gpu_memory_utilization=config.gpu_memory_utilization,
+                tensor_parallel_size=config.tensor_parallel_size,
+                pipeline_parallel_size=config.pipeline_parallel_size,
+                dtype=config.dtype,
+                enforce_eager=config.enforce_eager,
+            )
+        )
+    return LlamaCppBackend(
+        config.model_path,
+        max_sessions=config.max_sessions,
+        kv_tokens=config.kv_tokens,
+        n_threads=config.n_threads,
+        verbose=config.verbose,
+        extra_buffers=config.llama_extra_buffers,
+        n_gpu_layers=config.n_gpu_layers,
+    )
 
 
 def max_request_bytes(max_request_tokens: int) -> int:
@@ -236,8 +276,8 @@ class CloudServer:
         return self._running.metrics_port
 
     @property
-    def engine(self) -> Engine:
-        """The batching engine (``engine.call(fn)`` runs ``fn`` between its steps)."""
+    def engine(self) -> Engine | GenerationEngine:
+        """The engine (``engine.call(fn)`` runs ``fn`` between its steps)."""
         assert self._running is not None, "server not started"
         return self._running.engine
 

@@ -17,6 +17,7 @@ import grpc
 
 from citer_cloud import __version__
 from citer_cloud.engine import Engine
+from citer_cloud.generation_engine import GenerationEngine
 from citer_cloud.metrics import ServiceMetrics
 from citer_cloud.sessions import DecodeCall, DecodeResult, ErrorKind, RequestError
 from citer_cloud.tenants import Tenant, TenantDirectory
@@ -35,7 +36,10 @@ def sampling_from_proto(message: pb.SamplingParams) -> SamplingSettings:
 
 class LlmServicer(pb_grpc.LlmServiceServicer):
     def __init__(
-        self, engine: Engine, metrics: ServiceMetrics | None = None, tenants: TenantDirectory | None = None
+        self,
+        engine: Engine | GenerationEngine,
+        metrics: ServiceMetrics | None = None,
+        tenants: TenantDirectory | None = None,
     ) -> None:
         self._engine = engine
         self._sessions = engine.sessions  # read-only facts (info, limits); all calls go through the engine

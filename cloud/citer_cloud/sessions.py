@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from citer_cloud.backend import Backend, KvCacheFull, SlotChunk
+from citer_cloud.backend import Backend, BatchingBackend, Generation, KvCacheFull, SlotChunk
 from citer_protocol import SamplingSettings, sample_token
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class DecodeJob:
     session: Session
     max_tokens: int
     sampling: SamplingSettings
+    appended: int = 0  # tokens this request appended (already counted as prefilled)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finished: bool = False  # an end-of-generation token was produced
@@ -213,7 +214,7 @@ class SessionManager:
             self._stats.tokens_prefilled += len(append)
             if session.rng is None:
                 session.rng = np.random.default_rng(sampling.seed)
-            job = DecodeJob(session, max_tokens, sampling)
+            job = DecodeJob(session, max_tokens, sampling, appended=len(append))
             if max_tokens > 0 and job.pending == 0 and session.logits is None:
                 # Logits were dropped by a rollback: recompute the last position.
                 session.n_evaluated -= 1
@@ -231,8 +232,11 @@ class SessionManager:
         size by default) is spent; a long prefill continues in later steps, so
         it never holds up the others' decode steps.
         """
+        backend = self.backend
+        if not isinstance(backend, BatchingBackend):
+            raise TypeError(f"{type(backend).__name__} produces tokens itself; use record_generation, not step")
         with self._lock:
-            budget = min(token_budget or self.backend.max_batch_tokens, self.backend.max_batch_tokens)
+            budget = min(token_budget or backend.max_batch_tokens, backend.max_batch_tokens)
             free_cells = self.backend.info.kv_capacity - sum(s.n_evaluated for s in self._sessions.values())
             if free_cells < 1:
                 self._make_room([job for job in jobs if not job.done])
@@ -256,7 +260,7 @@ class SessionManager:
                 for job, take in plan
             ]
             try:
-                results = self.backend.evaluate_batch(chunks)
+                results = backend.evaluate_batch(chunks)
             except KvCacheFull:
                 self._make_room([job for job, _ in plan])
                 return
@@ -271,6 +275,38 @@ class SessionManager:
             for job, _ in plan:
                 if job.done:
                     self._jobs.pop(job.session.key, None)
+
+    def record_generation(self, job: DecodeJob, generation: Generation) -> None:
+        """Record what a generating backend (vLLM) produced for ``job``, as ``step`` does for sampled tokens.
+
+        A job that failed meanwhile (its session closed or evicted) or was
+        cancelled keeps its outcome and the session is left as it is. The
+        backend's prefix cache now holds the whole sequence as far as we can
+        tell; ``tokens_prefilled`` counts what it actually computed (the
+        uncached tail, at its block granularity), not what was appended.
+        """
+        with self._lock:
+            if job.error is not None or job.cancelled:
+                return
+            session = job.session
+            self._stats.tokens_prefilled += generation.computed_tokens - job.appended
+            self._stats.tokens_generated += len(generation.tokens)
+            session.tokens.extend(generation.tokens)
+            session.n_evaluated = len(session.tokens)
+            session.logits = None
+            job.tokens.extend(generation.tokens)
+            job.logprobs.extend(generation.logprobs)
+            job.finished = generation.finished
+            if len(job.tokens) < job.max_tokens and not job.finished:
+                job.max_tokens = len(job.tokens)  # the backend stopped early (a stop rule of its own)
+            self._jobs.pop(session.key, None)
+
+    def count_forward_pass(self, requests: int, tokens: int) -> None:
+        """A forward pass run inside a generating backend's own engine (its statistics report them)."""
+        with self._lock:
+            self._stats.forward_passes += 1
+        if self.on_step is not None:
+            self.on_step(requests, tokens)
 
     def cancel(self, job: DecodeJob) -> None:
         """Stop a job (its client went away); what it evaluated stays, like any response the client lost."""

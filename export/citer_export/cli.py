@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     stats = sub.add_parser("stats", help="how datasets were labelled, per round; gap rule vs rollouts where both exist")
     stats.add_argument("datasets", nargs="+", type=Path, help=".npz files or folders of them")
     stats.add_argument("--gap", type=float, default=1.0, help="the gap rule to compare with rollout labels (nats)")
+    hf = sub.add_parser(
+        "hf-folder", help="write a GGUF model as a Hugging Face folder (for citer-cloud --backend vllm)"
+    )
+    hf.add_argument("model", help="alias or GGUF path")
+    hf.add_argument("--out", type=Path, required=True, help="folder to write")
+    hf.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     collect = sub.add_parser("collect", help="label SLM positions against the LLM (CITER shortcut + rollouts)")
     from citer_export.collect import add_arguments
 
@@ -48,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         from citer_export.collect import run
 
         return run(args)
+    if args.command == "hf-folder":
+        from citer_edge.models import resolve_model
+        from citer_export.hf_folder import gguf_to_hf_folder
+
+        gguf_to_hf_folder(resolve_model(args.model), args.out, args.dtype)
+        return 0
     if args.command == "stats":
         report = {path.name: dataset_stats(RouterDataset.concat(_load([path])[1]), args.gap) for path in args.datasets}
         print(json.dumps(report, indent=2))

@@ -20,3 +20,18 @@ def tokenizer_fingerprint(token_pieces: Iterable[bytes]) -> str:
         count += 1
     digest.update(count.to_bytes(8, "little"))
     return f"sha256:{digest.hexdigest()}"
+
+
+def hf_tokenizer_fingerprint(tokenizer, vocab_size: int) -> str:
+    """The fingerprint of a Hugging Face tokenizer, equal to that of the GGUF made from the same model.
+
+    llama.cpp's converter stores each token's vocabulary string (byte-level
+    BPE keeps its ``Ġ`` form, SentencePiece its ``▁``) and pads ids the
+    tokenizer does not name, up to the model's embedding size, with
+    ``[PAD<id>]``; hashing the same strings makes a vLLM server and a GGUF
+    client agree that they share token ids.
+    """
+    pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+    return tokenizer_fingerprint(
+        (piece if piece is not None else f"[PAD{token_id}]").encode("utf-8") for token_id, piece in enumerate(pieces)
+    )

