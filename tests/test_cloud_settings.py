@@ -67,3 +67,29 @@ def test_gpu_offload_setting_reaches_the_config_and_a_cpu_build_still_serves(sta
     assert "n_gpu_layers = -1" in printed.stdout.splitlines()
     server = start_server(smol_path, n_gpu_layers=-1)
     assert server.sessions.decode(DecodeCall("gpu", 0, [1, 9690, 198], 2)).new_len == 5
+
+
+def test_a_model_of_the_wrong_kind_for_the_backend_is_one_line(tmp_path: Path, smol_path: Path) -> None:
+    """A GGUF for vLLM, a folder for llama.cpp, a folder without config.json: one line each, exit 2."""
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    cases = {
+        ("--backend", "vllm", "--model", str(smol_path)): "--backend vllm needs a Hugging Face model folder",
+        ("--backend", "vllm", "--model", str(folder)): "--backend vllm needs a Hugging Face model folder",
+        ("--backend", "llama.cpp", "--model", str(folder)): "--backend llama.cpp needs a GGUF file, got a folder",
+    }
+    for args, message in cases.items():
+        result = _serve(*args, "--port", "0")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("citer-cloud: error: ") and message in lines[0], args
+
+
+def test_vllm_settings_reach_the_config_file_and_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text('backend = "vllm"\ntensor_parallel_size = 2\ngpu_memory_utilization = 0.8\n')
+    result = _serve("--config", str(config), "--print-config", env={"CITER_CLOUD_PIPELINE_PARALLEL_SIZE": "3"})
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(" = ", 1) for line in result.stdout.splitlines() if not line.startswith("#"))
+    assert printed["backend"] == '"vllm"' and printed["tensor_parallel_size"] == "2"
+    assert printed["gpu_memory_utilization"] == "0.8" and printed["pipeline_parallel_size"] == "3"

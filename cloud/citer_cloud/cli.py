@@ -97,7 +97,7 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
         "--tensor-parallel-size",
         type=int,
         default=int(_env("TENSOR_PARALLEL_SIZE", "1")),
-        help="GPUs one model is split across, layer by layer [CITER_CLOUD_TENSOR_PARALLEL_SIZE]",
+        help="GPUs each layer is split across (tensor parallelism) [CITER_CLOUD_TENSOR_PARALLEL_SIZE]",
     )
     vllm.add_argument(
         "--pipeline-parallel-size",
@@ -119,13 +119,22 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
         help="longest session in tokens (vLLM's max_model_len; default: the model's) [CITER_CLOUD_MAX_CONTEXT]",
     )
     vllm.add_argument(
-        "--dtype", default=_env("DTYPE", "auto"), help="weights and activations: auto, bfloat16, float16, float32"
+        "--dtype",
+        default=_env("DTYPE", "auto"),
+        help="weights and activations: auto, bfloat16, float16, float32 [CITER_CLOUD_DTYPE]",
     )
     vllm.add_argument(
         "--enforce-eager",
         action="store_true",
         default=_env("ENFORCE_EAGER", "") == "1",
         help="skip CUDA graph capture: faster start, slower steps [CITER_CLOUD_ENFORCE_EAGER=1]",
+    )
+    vllm.add_argument(
+        "--distributed-executor-backend",
+        choices=("ray", "mp"),
+        default=_env("DISTRIBUTED_EXECUTOR_BACKEND", "") or None,
+        help="ray: spread the parallel workers over a running Ray cluster (multi-node); mp: processes on this "
+        "node (default: vLLM decides) [CITER_CLOUD_DISTRIBUTED_EXECUTOR_BACKEND]",
     )
     serve_cmd.add_argument(
         "--metrics-port",
@@ -281,6 +290,7 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         max_context=args.max_context,
         dtype=args.dtype,
         enforce_eager=args.enforce_eager,
+        distributed_executor_backend=args.distributed_executor_backend,
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,

@@ -73,6 +73,7 @@ class ServerConfig:
     max_context: int | None = None
     dtype: str = "auto"
     enforce_eager: bool = False
+    distributed_executor_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -179,6 +180,7 @@ def _load_backend(config: ServerConfig) -> Backend:
                 pipeline_parallel_size=config.pipeline_parallel_size,
                 dtype=config.dtype,
                 enforce_eager=config.enforce_eager,
+                distributed_executor_backend=config.distributed_executor_backend,
             )
         )
     return LlamaCppBackend(

@@ -52,6 +52,7 @@ class VllmSettings:
     dtype: str = "auto"
     max_num_seqs: int | None = None  # requests per vLLM step; None: vLLM's default
     enforce_eager: bool = False  # skip CUDA graph capture: slower steps, faster start
+    distributed_executor_backend: str | None = None  # "ray" to span nodes (a running Ray cluster); None: vLLM picks
 
 
 def _check_model_folder(model: Path) -> None:
@@ -75,6 +76,7 @@ class VllmBackend(GeneratingBackend):
             pipeline_parallel_size=settings.pipeline_parallel_size,
             max_model_len=settings.max_context,
             enforce_eager=settings.enforce_eager,
+            distributed_executor_backend=settings.distributed_executor_backend,
             disable_log_stats=True,  # vLLM's periodic log lines off; our own stat logger still counts its steps
             **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
             **(
