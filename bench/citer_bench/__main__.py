@@ -11,6 +11,7 @@ BENCHMARKS = {
     "overhead": "per-token time of the SLM step, feature extraction and routing policies",
     "network": "tokens/s and time to first token against an emulated round-trip time",
     "capacity": "concurrent sessions one cloud server sustains, with p50/p99 call latency",
+    "resubmit": "per-call server cost vs context length: vLLM's resubmission vs llama.cpp's in-place sessions",
     "buffers": "SLM decode and prefill tokens/s under each llama.cpp weight-buffer setting (AMX, repack)",
 }
 

@@ -23,6 +23,10 @@ import numpy as np
 from citer_protocol import SamplingSettings
 
 
+class BackendStartError(RuntimeError):
+    """The model could not be loaded or its engine could not start; the message says why in one line."""
+
+
 class KvCacheFull(Exception):
     """The shared KV cache has no room for the tokens; the caller may evict and retry."""
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from citer_cloud.backend import BackendStartError
 from citer_cloud.server import BACKENDS, ServerConfig, serve
 from citer_cloud.settings_file import configure_logging, load_settings_file
 from citer_cloud.tenants import TENANTS_ENV, TenantDirectory
@@ -130,6 +131,13 @@ def build_parser(file_settings: dict[str, object] | None = None) -> argparse.Arg
         help="skip CUDA graph capture: faster start, slower steps [CITER_CLOUD_ENFORCE_EAGER=1]",
     )
     vllm.add_argument(
+        "--block-size",
+        type=int,
+        default=int(_env("BLOCK_SIZE", "0")) or None,
+        help="KV block size in tokens, the prefix cache's granularity: a call recomputes up to one partly filled "
+        "block (default: vLLM's, 16 on GPUs, 128 on CPUs, which accept multiples of 32) [CITER_CLOUD_BLOCK_SIZE]",
+    )
+    vllm.add_argument(
         "--distributed-executor-backend",
         choices=("ray", "mp"),
         default=_env("DISTRIBUTED_EXECUTOR_BACKEND", "") or None,
@@ -243,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config))
+    except BackendStartError as error:
+        print(f"citer-cloud: error: {error}", file=sys.stderr, flush=True)
+        # A failed engine (vLLM) can leave non-daemon threads behind that would keep the process alive forever.
+        os._exit(1)
     except (OSError, ValueError, ImportError) as error:  # ImportError: --backend vllm without vLLM installed
         print(f"citer-cloud: error: {error}", file=sys.stderr)
         return 1
@@ -291,6 +303,7 @@ def _config(args: argparse.Namespace, model: Path) -> ServerConfig:
         dtype=args.dtype,
         enforce_eager=args.enforce_eager,
         distributed_executor_backend=args.distributed_executor_backend,
+        block_size=args.block_size,
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,

@@ -74,6 +74,7 @@ class ServerConfig:
     dtype: str = "auto"
     enforce_eager: bool = False
     distributed_executor_backend: str | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -181,6 +182,7 @@ def _load_backend(config: ServerConfig) -> Backend:
                 dtype=config.dtype,
                 enforce_eager=config.enforce_eager,
                 distributed_executor_backend=config.distributed_executor_backend,
+                block_size=config.block_size,
             )
         )
     return LlamaCppBackend(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from citer_cloud.backend import BackendInfo, GeneratingBackend, Generation
+from citer_cloud.backend import BackendInfo, BackendStartError, GeneratingBackend, Generation
 from citer_protocol import SamplingSettings
 from citer_protocol.fingerprint import hf_tokenizer_fingerprint
 
@@ -52,6 +52,7 @@ class VllmSettings:
     dtype: str = "auto"
     max_num_seqs: int | None = None  # requests per vLLM step; None: vLLM's default
     enforce_eager: bool = False  # skip CUDA graph capture: slower steps, faster start
+    block_size: int | None = None  # KV block (prefix-cache) granularity in tokens; None: vLLM's (16 GPU, 128 CPU)
     distributed_executor_backend: str | None = None  # "ray" to span nodes (a running Ray cluster); None: vLLM picks
 
 
@@ -77,6 +78,7 @@ class VllmBackend(GeneratingBackend):
             max_model_len=settings.max_context,
             enforce_eager=settings.enforce_eager,
             distributed_executor_backend=settings.distributed_executor_backend,
+            **({"block_size": settings.block_size} if settings.block_size else {}),
             disable_log_stats=True,  # vLLM's periodic log lines off; our own stat logger still counts its steps
             **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
             **(
@@ -85,7 +87,13 @@ class VllmBackend(GeneratingBackend):
                 else {}
             ),
         )
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._step_logger_factory()])
+        try:
+            self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._step_logger_factory()])
+        except Exception as error:  # vLLM's engine core failed in its own process; its log above has the cause
+            raise BackendStartError(
+                f"vLLM could not start ({type(error).__name__}: {_first_line(error)}); its log above says why "
+                "(on a CPU often --gpu-memory-utilization: the share must hold the weights and the KV cache)"
+            ) from None
         config = self._llm.vllm_config
         tokenizer = self._load_tokenizer()
         vocab_size = config.model_config.get_vocab_size()
@@ -197,3 +205,7 @@ def _end_tokens(config, tokenizer) -> frozenset[int]:
     eos = generation.get("eos_token_id")
     ends.update([eos] if isinstance(eos, int) else eos or [])
     return frozenset(ends)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]

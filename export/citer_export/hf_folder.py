@@ -29,7 +29,14 @@ def gguf_to_hf_folder(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    # transformers marks a model read from a GGUF as "GGUF-quantised" and refuses save_pretrained, although its
+    # tensors are plain dequantised ones: write config and weights directly (tied embeddings stored once).
+    from safetensors.torch import save_model
+
+    model.config.__dict__.pop("quantization_config", None)
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"))
     tokenizer.save_pretrained(out)
     log.info("wrote %s", out)
     return out
