@@ -1,4 +1,4 @@
-"""What one hybrid call costs the server as the conversation grows: resubmitting (vLLM) vs extending in place (llama.cpp).
+"""What one hybrid call costs the server as a conversation grows: vLLM resubmits, llama.cpp extends in place.
 
 llama.cpp keeps each session's sequence in its KV cache and appends the delta.
 vLLM is handed the whole sequence on every call and finds the cached part by
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="citer-bench resubmit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--llm", default=DEFAULT_LLM, help="the GGUF (llama.cpp, and the token ids for both)")
-    parser.add_argument("--vllm-model", type=Path, help="the same LLM as a Hugging Face folder (citer-export hf-folder)")
+    parser.add_argument("--vllm-model", type=Path, help="the LLM as a Hugging Face folder (citer-export hf-folder)")
     parser.add_argument("--configs", nargs="+", default=["batched", "vllm"], choices=list(CONFIGS))
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 2048, 4096])
     parser.add_argument("--calls", type=int, default=20)
