@@ -8,6 +8,7 @@ Only a wrong model pairing (tokenizer mismatch) is raised to the caller.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import random
@@ -22,13 +23,20 @@ import grpc
 from citer_edge.cloud_channel import CloudTls, open_channel
 from citer_edge.errors import CloudAuthError, TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
-from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SamplingSettings, pb, pb_grpc
+from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SESSION_KEY, SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
 
 _END = object()
-#: Status codes that mean "this stream is gone", not "this request is wrong".
-_STREAM_BROKEN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, None}
+#: Status codes that mean "this stream is gone", not "this request is wrong". A proxy that resets a stream
+#: (Envoy closing an idle one, or losing the replica behind it) sends RST_STREAM, which gRPC reports as INTERNAL.
+_STREAM_BROKEN = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    None,
+}
 #: Reconnect fast after a server restart; gRPC's default first backoff is a full second.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -299,7 +307,7 @@ class CloudSession:
         if self._stub is not None:
             try:
                 self._stub.CloseSession(
-                    pb.CloseSessionRequest(session_id=self.session_id), timeout=2.0, metadata=self._metadata
+                    pb.CloseSessionRequest(session_id=self.session_id), timeout=2.0, metadata=self._session_metadata()
                 )
             except grpc.RpcError:
                 pass
@@ -310,8 +318,12 @@ class CloudSession:
     def _open_stream(self) -> _DecodeStream:
         if self._stream is None:
             assert self._stub is not None
-            self._stream = _DecodeStream(self._stub, self._metadata)
+            self._stream = _DecodeStream(self._stub, self._session_metadata())
         return self._stream
+
+    def _session_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata for the session's own calls: the session header lets a balancer keep them on one replica."""
+        return (*self._metadata, (SESSION_KEY, session_header_value(self.session_id)))
 
     def _close_stream(self) -> None:
         if self._stream is not None:
@@ -364,6 +376,17 @@ class CloudSession:
             log.warning("%s; this conversation continues on the local model", why)
             self.routing_stopped = why
         return None
+
+
+def session_header_value(session_id: str) -> str:
+    """The ``citer-session`` value: the id itself, or its SHA-256 where gRPC metadata cannot carry it.
+
+    gRPC refuses a header value that is not printable ASCII ("Invalid metadata"), and a caller may name a
+    session anything; the balancer only needs a key that is the same on every call of the session.
+    """
+    if session_id.isascii() and session_id.isprintable():
+        return session_id
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 def _code(error: grpc.RpcError) -> grpc.StatusCode | None:

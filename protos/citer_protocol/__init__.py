@@ -14,6 +14,10 @@ PROTOCOL_VERSION = "citer.v1"
 REASON_KEY = "citer-reason"
 SERVER_LEN_KEY = "citer-server-len"
 
+#: Request-metadata key naming the session on every Decode stream and CloseSession: a load balancer
+#: (Envoy's ring hash) keys on it so that all of a conversation's calls reach the replica holding its state.
+SESSION_KEY = "citer-session"
+
 #: The line ``citer-cloud serve`` prints on stdout once bound, followed by the port: how a parent process
 #: (``citer-edge --local-cloud``) learns that the server is ready and where.
 READY_LINE = "citer-cloud ready on port"
@@ -23,6 +27,7 @@ __all__ = [
     "READY_LINE",
     "REASON_KEY",
     "SERVER_LEN_KEY",
+    "SESSION_KEY",
     "SamplingSettings",
     "log_softmax",
     "pb",
