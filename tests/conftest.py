@@ -20,6 +20,28 @@ CHAT_PROMPT = (
 )
 
 
+#: Exact identity across a resync or a shared server needs a prompt whose greedy choice is clear at every step.
+#: Where two candidates are within a few hundredths of a logit, numerics decide: a resync's one-batch re-prefill
+#: (docs/architecture.md, "Numerics") or a session's KV cells sitting among other sessions' can flip such a tie,
+#: and how close the ties are depends on the CPU and the llama.cpp build (CHAT_PROMPT's 24th SmolLM2 token leads
+#: by 0.06 logits on an AMD EPYC build). Counting is unambiguous, and any lost context shows as a wrong number.
+COUNTING_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+MIN_MARGIN = 1.0  # logits between the greedy token and the runner-up, at every step of the expected output
+
+
+def greedy_margins(slm: LocalModel, prompt: list[int], tokens: list[int]) -> list[float]:
+    """Top-1 minus top-2 logit at each step of ``tokens``: how far numerics would have to move to flip it."""
+    import numpy as np
+
+    slm.sync(prompt)
+    margins = []
+    for token in tokens:
+        runner_up, best = np.partition(slm.logits, -2)[-2:]
+        margins.append(float(best - runner_up))
+        slm.eval([token])
+    return margins
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Chats started by tests journal into a temporary folder, never into the user's own history."""

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
 from citer_protocol import pb, pb_grpc
+from tests.conftest import COUNTING_PROMPT, MIN_MARGIN, greedy_margins
 from tests.envoy_fleet import EnvoyProcess, envoy_binary, load_sample, render_config
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,6 @@ def test_sessions_spread_over_every_replica_and_each_stays_on_its_own(
 N_TOKENS = 40
 FAULT_AT = 12  # tokens each generation has streamed when a replica is killed
 GENERATIONS = 6
-#: Exact identity needs a prompt whose greedy choice is clear at every step. Where two candidates are within
-#: a few hundredths of a logit, numerics decide: a resync's one-batch re-prefill (docs/architecture.md,
-#: "Numerics") can flip such a tie, and so can a session's KV cells sitting among other sessions' on a replica
-#: (conftest's CHAT_PROMPT: its 24th token, margin 0.06 logits, flips when a second session shares the replica).
-#: Counting is unambiguous, and any context lost in the failover would show as a wrong number.
-COUNTING_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
-MIN_MARGIN = 1.0  # logits between the greedy token and the runner-up, at every step of the expected output
 
 
 def _device_model(model_path: Path) -> LocalModel:
@@ -204,17 +197,6 @@ def _generate_alone(slm: LocalModel, address: str, prompt: list[int]) -> list[in
         cloud.close()
     assert set(result.sources) == {"llm"}
     return result.token_ids
-
-
-def _greedy_margins(slm: LocalModel, prompt: list[int], tokens: list[int]) -> list[float]:
-    """Top-1 minus top-2 logit at each step of ``tokens``: how far numerics would have to move to flip it."""
-    slm.sync(prompt)
-    margins = []
-    for token in tokens:
-        runner_up, best = np.partition(slm.logits, -2)[-2:]
-        margins.append(float(best - runner_up))
-        slm.eval([token])
-    return margins
 
 
 def _first_difference(produced: list[int], expected: list[int]) -> int | None:
@@ -276,7 +258,7 @@ def test_killed_replica_sessions_resync_on_survivors_and_finish_with_identical_t
     with _device_model(smol_path) as slm:
         prompt = slm.tokenize(COUNTING_PROMPT)
         expected = _generate_alone(slm, fleet.address, prompt)
-        margins = _greedy_margins(slm, prompt, expected)
+        margins = greedy_margins(slm, prompt, expected)
     assert len(expected) == N_TOKENS
     assert min(margins) > MIN_MARGIN, "the prompt must leave greedy no near-ties"
 

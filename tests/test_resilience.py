@@ -12,7 +12,7 @@ from citer_cloud.server import CloudServer, ServerConfig
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy, SamplingSettings
 from citer_edge.local_cloud import LocalCloud
 from citer_protocol import log_softmax
-from tests.conftest import CHAT_PROMPT
+from tests.conftest import CHAT_PROMPT, COUNTING_PROMPT, MIN_MARGIN, greedy_margins
 
 N_TOKENS = 40
 FAULT_AT = 15
@@ -30,11 +30,18 @@ def _cloud_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("citer_edge")]
 
 
+def _stable_expectation(slm: LocalModel, address: str) -> tuple[list[int], list[int]]:
+    """The prompt and its uninterrupted output, checked to have no near-tie a resync's numerics could flip."""
+    prompt = slm.tokenize(COUNTING_PROMPT)
+    expected = _uninterrupted(slm, address, prompt)
+    assert min(greedy_margins(slm, prompt, expected)) > MIN_MARGIN, "the prompt must leave greedy no near-ties"
+    return prompt, expected
+
+
 def test_resync_after_server_restart(smol_slm: LocalModel, smol_path: Path) -> None:
     server = CloudServer(ServerConfig(model_path=smol_path, port=0)).start()
     port = server.port
-    prompt = smol_slm.tokenize(CHAT_PROMPT)
-    expected = _uninterrupted(smol_slm, server.address, prompt)
+    prompt, expected = _stable_expectation(smol_slm, server.address)
 
     cloud = CloudSession(server.address, smol_slm.fingerprint)
     stream = HybridGenerator(smol_slm, CloudPolicy(), cloud).stream(prompt, max_tokens=N_TOKENS)
@@ -54,7 +61,7 @@ def test_resync_after_server_restart(smol_slm: LocalModel, smol_path: Path) -> N
     assert set(stream.sources) == {"llm"}, "after the restart the cloud serves again, no SLM fallback"
     assert len(stream.token_ids) == N_TOKENS
     # Re-prefilling in one batch is not bit-identical to the incremental KV cache (docs/architecture.md, "Numerics");
-    # on this prompt greedy decoding is stable across that difference, so the text matches exactly.
+    # this prompt has no near-ties (checked above), so greedy decoding is stable across that difference.
     assert stream.token_ids == expected
 
 
@@ -63,10 +70,14 @@ def test_resynced_logits_match_uninterrupted_within_tolerance(smol_path: Path, s
 
     A restarted server re-prefills the context in one batch while the
     uninterrupted one built it token by token (slot 0 here); llama.cpp's two
-    paths differ numerically. Measured on SmolLM2 Q4_1 over these 40 positions:
-    raw logits up to 1.7 apart (in the far tail), probabilities at most 0.079
-    apart, KL at most 0.013 nats, greedy choice never flipped. The bounds below
-    are about twice those.
+    paths differ numerically, by how much depends on the CPU and the build.
+    Measured on SmolLM2 Q4_1 over these 40 positions: probabilities at most
+    0.079 apart and KL at most 0.013 nats on an Intel Xeon (Sapphire Rapids,
+    greedy never flipped); 0.169 and 0.060 on a 2-core AMD EPYC, where one
+    greedy choice that led by 0.40 logits flipped. The bounds below sit above
+    both (a resync that lost or garbled context costs nats, not hundredths);
+    the greedy choice must agree wherever it leads by more than MIN_MARGIN
+    logits, which is why exact-identity tests use COUNTING_PROMPT.
     """
     from citer_cloud.llama_backend import LlamaCppBackend
 
@@ -82,17 +93,18 @@ def test_resynced_logits_match_uninterrupted_within_tolerance(smol_path: Path, s
             resynced = backend.evaluate(1, 0, context)
             uninterrupted_lp, resynced_lp = log_softmax(logits), log_softmax(resynced)
             probs = np.exp(uninterrupted_lp)
-            assert np.max(np.abs(np.exp(resynced_lp) - probs)) < 0.15
-            assert float((probs * (uninterrupted_lp - resynced_lp)).sum()) < 0.03
-            assert int(np.argmax(resynced)) == int(np.argmax(logits))
+            assert np.max(np.abs(np.exp(resynced_lp) - probs)) < 0.3
+            assert float((probs * (uninterrupted_lp - resynced_lp)).sum()) < 0.15
+            runner_up, best = np.partition(logits, -2)[-2:]
+            if best - runner_up > MIN_MARGIN:
+                assert int(np.argmax(resynced)) == int(np.argmax(logits))
     finally:
         backend.close()
 
 
 def test_resync_after_eviction(smol_slm: LocalModel, start_server, smol_path: Path) -> None:
     server = start_server(smol_path, max_sessions=1)
-    prompt = smol_slm.tokenize(CHAT_PROMPT)
-    expected = _uninterrupted(smol_slm, server.address, prompt)
+    prompt, expected = _stable_expectation(smol_slm, server.address)
 
     cloud = CloudSession(server.address, smol_slm.fingerprint)
     intruder = CloudSession(server.address, smol_slm.fingerprint)

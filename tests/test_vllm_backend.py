@@ -208,3 +208,45 @@ def test_info_names_the_backend_and_the_tokenizer_fingerprint(stub, tiny_model: 
     assert info.vocab_size == VOCAB
     assert info.max_context == WINDOW
     assert info.tokenizer_fingerprint == hf_tokenizer_fingerprint(tokenizer, VOCAB)
+
+
+def test_close_session_sent_after_a_decode_runs_after_it(server) -> None:
+    """Arrival order holds as with llama.cpp: the Decode begins first, the close then fails it and finds the session."""
+    from citer_cloud.sessions import DecodeCall, RequestError
+
+    ticket = server.engine.decode(DecodeCall("close-order", 0, PROMPT, 200))
+    closed = server.engine.call(lambda: server.sessions.close("close-order"))
+    assert closed.result(timeout=60) is True
+    with pytest.raises(RequestError) as caught:
+        ticket.future.result(timeout=120)
+    assert caught.value.reason == "SESSION_CLOSED"
+    assert server.sessions.session_length("close-order") is None
+
+
+def test_a_cancelled_request_stops_and_its_session_keeps_working(server, reference) -> None:
+    import time
+
+    from citer_cloud.sessions import DecodeCall
+
+    ticket = server.engine.decode(DecodeCall("cancelled", 0, PROMPT, 400))
+    time.sleep(0.5)
+    ticket.cancel()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        ticket.future.result(timeout=60)
+    again = server.engine.decode(DecodeCall("cancelled", len(PROMPT), [], 3)).future.result(timeout=120)
+    assert again.tokens == greedy_reference(reference, PROMPT, 3)[0]
+
+
+def test_requests_of_one_session_run_one_at_a_time_in_arrival_order(server, reference) -> None:
+    from citer_cloud.sessions import DecodeCall
+
+    n = len(PROMPT)
+    calls = [
+        DecodeCall("ordered", 0, PROMPT, 3),
+        DecodeCall("ordered", n + 3, [], 2),
+        DecodeCall("ordered", n + 5, [], 2),
+    ]
+    tickets = [server.engine.decode(call) for call in calls]  # all queued before the first finishes
+    results = [ticket.future.result(timeout=120) for ticket in tickets]
+    assert [r.new_len for r in results] == [n + 3, n + 5, n + 7]
+    assert sum((r.tokens for r in results), []) == greedy_reference(reference, PROMPT, 7)[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Turn:
+    """A session's queue: its lock (FIFO) and how many requests hold or await it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class GenerationEngine:
     """Runs Decode requests against a ``GeneratingBackend``; must be created on the loop it will run on."""
 
@@ -37,7 +45,7 @@ class GenerationEngine:
         self.sessions = sessions
         self._backend: GeneratingBackend = sessions.backend
         self._loop = loop
-        self._turns: dict[SessionKey, asyncio.Lock] = {}  # one request per session at a time, FIFO
+        self._turns: dict[SessionKey, _Turn] = {}  # one request per session at a time, FIFO
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -56,7 +64,7 @@ class GenerationEngine:
         if self._stopping:
             raise RuntimeError("the engine is shut down")
 
-        def run() -> None:
+        async def run() -> None:
             if not future.set_running_or_notify_cancel():
                 return
             try:
@@ -64,7 +72,9 @@ class GenerationEngine:
             except Exception as error:  # handed to the caller, who raises it
                 future.set_exception(error)
 
-        self._loop.call_soon_threadsafe(run)
+        # A task, like each Decode: tasks take their first step in creation order, so a CloseSession sent
+        # after a Decode runs after that Decode has begun (and fails it), never before it.
+        self._loop.call_soon_threadsafe(self._spawn, run)
         return future
 
     def probe(self) -> Future[bool]:
@@ -79,17 +89,22 @@ class GenerationEngine:
 
     # -- on the event loop ------------------------------------------------
 
-    def _start(self, ticket: DecodeTicket) -> None:
-        task = self._loop.create_task(self._serve(ticket), name="citer-generate")
-        self._tasks.add(task)
+    def _spawn(self, work: Callable[[], Coroutine[object, object, None]]) -> asyncio.Task[None]:
+        task = self._loop.create_task(work())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start(self, ticket: DecodeTicket) -> None:
+        task = self._spawn(lambda: self._serve(ticket))
         ticket.on_cancel(lambda: self._loop.call_soon_threadsafe(task.cancel))
 
     async def _serve(self, ticket: DecodeTicket) -> None:
         key = ticket.call.key
-        turn = self._turns.setdefault(key, asyncio.Lock())
+        turn = self._turns.setdefault(key, _Turn())
+        turn.users += 1
         try:
-            async with turn:
+            async with turn.lock:
                 if not ticket.future.set_running_or_notify_cancel():
                     return  # its caller stopped waiting before its turn came
                 try:
@@ -102,7 +117,8 @@ class GenerationEngine:
                         log.exception("a vLLM request failed")
                     ticket.future.set_exception(error)
         finally:
-            if not turn.locked() and self._turns.get(key) is turn:
+            turn.users -= 1
+            if turn.users == 0:  # nobody holds or awaits it: forget the session's turn
                 del self._turns[key]
 
     async def _run(self, ticket: DecodeTicket) -> DecodeResult:
