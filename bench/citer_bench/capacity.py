@@ -220,13 +220,17 @@ def describe_config(config: str, args: argparse.Namespace) -> str:
 def plot(payload: dict, path: Path) -> None:
     settings = payload["settings"]
     title = f"{settings['llm']}: {settings['append']} tokens appended + 1 produced per call"
-    with saved_axes(path, "concurrent sessions", "calls/s (solid), p99 latency in s (dashed)", title) as ax:
+    with saved_axes(path, "concurrent sessions", "calls/s (solid)", title) as ax:
+        latency = ax.twinx()  # its own scale: p99 grows to tens of seconds while calls/s stays in single digits
+        latency.set_ylabel("p99 call latency, s (dashed)")
         for config, rows in payload["results"].items():
             sessions = [r["sessions"] for r in rows]
             line = ax.plot(sessions, [r["calls_per_s"] for r in rows], marker="o", label=f"{config} calls/s")[0]
-            ax.plot(sessions, [r["p99_ms"] / 1000 for r in rows], marker="x", linestyle="--",
-                    color=line.get_color(), label=f"{config} p99 s")  # fmt: skip
+            latency.plot(sessions, [r["p99_ms"] / 1000 for r in rows], marker="x", linestyle="--",
+                         color=line.get_color(), label=f"{config} p99")  # fmt: skip
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        latency.set_ylim(bottom=0)
 
 
 if __name__ == "__main__":
