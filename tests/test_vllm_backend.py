@@ -8,6 +8,7 @@ reference is ``transformers`` on the same weights, fed the same tokens.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import grpc
@@ -210,6 +211,16 @@ def test_info_names_the_backend_and_the_tokenizer_fingerprint(stub, tiny_model: 
     assert info.tokenizer_fingerprint == hf_tokenizer_fingerprint(tokenizer, VOCAB)
 
 
+def test_a_tokenizer_fingerprints_like_the_gguf_made_from_it(smol_slm) -> None:
+    """What pairs a GGUF SLM with a vLLM server: the same tokenizer hashes the same on both sides."""
+    pytest.importorskip("gguf", reason="reading a GGUF's tokenizer with transformers needs the gguf package")
+    from citer_protocol.fingerprint import hf_tokenizer_fingerprint
+
+    path = smol_slm.path
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    assert hf_tokenizer_fingerprint(tokenizer, smol_slm.n_vocab) == smol_slm.fingerprint
+
+
 def test_close_session_sent_after_a_decode_runs_after_it(server) -> None:
     """Arrival order holds as with llama.cpp: the Decode begins first, the close then fails it and finds the session."""
     from citer_cloud.sessions import DecodeCall, RequestError
@@ -228,13 +239,31 @@ def test_a_cancelled_request_stops_and_its_session_keeps_working(server, referen
 
     from citer_cloud.sessions import DecodeCall
 
-    ticket = server.engine.decode(DecodeCall("cancelled", 0, PROMPT, 400))
-    time.sleep(0.5)
+    ticket = server.engine.decode(DecodeCall("cancelled", 0, PROMPT, WINDOW - len(PROMPT)))
+    deadline = time.monotonic() + 60
+    while not ticket.future.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
     ticket.cancel()
     with pytest.raises(RuntimeError, match="cancelled"):
         ticket.future.result(timeout=60)
+    llm = server.sessions.backend._llm
+    while llm.get_num_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert llm.get_num_unfinished_requests() == 0  # vLLM dropped the request, it did not run to the window
     again = server.engine.decode(DecodeCall("cancelled", len(PROMPT), [], 3)).future.result(timeout=120)
     assert again.tokens == greedy_reference(reference, PROMPT, 3)[0]
+
+
+def test_a_request_cancelled_while_queued_never_begins(server) -> None:
+    from citer_cloud.sessions import DecodeCall
+
+    first = server.engine.decode(DecodeCall("queued", 0, PROMPT, 20))
+    queued = server.engine.decode(DecodeCall("queued", len(PROMPT) + 20, [7, 8], 5))
+    queued.cancel()
+    assert first.future.result(timeout=120).new_len == len(PROMPT) + 20
+    with pytest.raises(CancelledError):
+        queued.future.result(timeout=60)
+    assert server.sessions.session_length("queued") == len(PROMPT) + 20  # its two tokens were never appended
 
 
 def test_requests_of_one_session_run_one_at_a_time_in_arrival_order(server, reference) -> None:
@@ -250,3 +279,44 @@ def test_requests_of_one_session_run_one_at_a_time_in_arrival_order(server, refe
     results = [ticket.future.result(timeout=120) for ticket in tickets]
     assert [r.new_len for r in results] == [n + 3, n + 5, n + 7]
     assert sum((r.tokens for r in results), []) == greedy_reference(reference, PROMPT, 7)[0]
+
+
+def test_health_turns_not_serving_when_the_vllm_engine_dies(tiny_model: Path) -> None:
+    """vLLM computes in its own engine-core process; when that process dies, health must say so."""
+    import os
+    import signal
+    import time
+
+    import psutil
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    config = ServerConfig(
+        model_path=tiny_model,
+        backend="vllm",
+        port=0,
+        max_context=WINDOW,
+        gpu_memory_utilization=0.25,
+        enforce_eager=True,
+        dtype="float32",
+        health_probe_interval_s=0.2,
+        health_probe_timeout_s=5,
+    )
+    with CloudServer(config) as running, grpc.insecure_channel(running.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status() -> int:
+            return health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        cores = [
+            child
+            for child in psutil.Process().children(recursive=True)
+            if "EngineCore" in " ".join(child.cmdline() + [child.name()])
+        ]
+        assert cores, "no vLLM engine-core process found"
+        for core in cores:
+            os.kill(core.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while status() != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -105,17 +105,18 @@ class GenerationEngine:
         turn.users += 1
         try:
             async with turn.lock:
-                if not ticket.future.set_running_or_notify_cancel():
-                    return  # its caller stopped waiting before its turn came
-                try:
-                    ticket.future.set_result(await self._run(ticket))
-                except asyncio.CancelledError:
-                    reason = "the server is shutting down" if self._stopping else "cancelled: the client went away"
-                    ticket.future.set_exception(RuntimeError(reason))
-                except Exception as error:  # RequestError for the client, anything else a backend failure
-                    if not isinstance(error, RequestError):
-                        log.exception("a vLLM request failed")
-                    ticket.future.set_exception(error)
+                if ticket.cancelled.is_set() or not ticket.future.set_running_or_notify_cancel():
+                    ticket.future.cancel()  # its caller stopped waiting before its turn came: nothing began
+                    return
+                ticket.future.set_result(await self._run(ticket))
+        except asyncio.CancelledError:  # the client went away, or shutdown; whoever still waits must hear
+            if not ticket.future.done() and not ticket.future.cancel():  # cancel() fails once running
+                reason = "the server is shutting down" if self._stopping else "cancelled: the client went away"
+                ticket.future.set_exception(RuntimeError(reason))
+        except Exception as error:  # RequestError for the client, anything else a backend failure
+            if not isinstance(error, RequestError):
+                log.exception("a vLLM request failed")
+            ticket.future.set_exception(error)
         finally:
             turn.users -= 1
             if turn.users == 0:  # nobody holds or awaits it: forget the session's turn

@@ -60,13 +60,11 @@ class EngineHealth:
 
     async def _engine_answers(self) -> bool:
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._engine.probe()), self._timeout_s)
-            return True
-        except (
-            asyncio.TimeoutError,
-            RuntimeError,
-            ConnectionError,
-        ):  # asyncio.TimeoutError is not TimeoutError before 3.11
+            return bool(await asyncio.wait_for(asyncio.wrap_future(self._engine.probe()), self._timeout_s))
+        except asyncio.TimeoutError:  # asyncio.TimeoutError is not TimeoutError before 3.11
+            return False
+        except Exception:  # a dead engine raises its own kind (vLLM's EngineDeadError is no RuntimeError)
+            log.debug("health probe failed", exc_info=True)
             return False
 
     async def _publish(self, serving: bool) -> None:

@@ -120,7 +120,6 @@ class DecodeJob:
     session: Session
     max_tokens: int
     sampling: SamplingSettings
-    appended: int = 0  # tokens this request appended (already counted as prefilled)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finished: bool = False  # an end-of-generation token was produced
@@ -211,10 +210,11 @@ class SessionManager:
             self._sessions.move_to_end(key)
             self._cut(session, known_len)
             session.tokens.extend(append)
-            self._stats.tokens_prefilled += len(append)
+            if isinstance(self.backend, BatchingBackend):  # a generating backend reports what it computed itself
+                self._stats.tokens_prefilled += len(append)
             if session.rng is None:
                 session.rng = np.random.default_rng(sampling.seed)
-            job = DecodeJob(session, max_tokens, sampling, appended=len(append))
+            job = DecodeJob(session, max_tokens, sampling)
             if max_tokens > 0 and job.pending == 0 and session.logits is None:
                 # Logits were dropped by a rollback: recompute the last position.
                 session.n_evaluated -= 1
@@ -283,13 +283,14 @@ class SessionManager:
         cancelled keeps its outcome and the session is left as it is. The
         backend's prefix cache now holds the whole sequence as far as we can
         tell; ``tokens_prefilled`` counts what it actually computed (the
-        uncached tail, at its block granularity), not what was appended.
+        uncached tail, at its block granularity), not what was appended, so
+        the counter only ever grows.
         """
         with self._lock:
             if job.error is not None or job.cancelled:
                 return
             session = job.session
-            self._stats.tokens_prefilled += generation.computed_tokens - job.appended
+            self._stats.tokens_prefilled += generation.computed_tokens
             self._stats.tokens_generated += len(generation.tokens)
             session.tokens.extend(generation.tokens)
             session.n_evaluated = len(session.tokens)
@@ -297,8 +298,6 @@ class SessionManager:
             job.tokens.extend(generation.tokens)
             job.logprobs.extend(generation.logprobs)
             job.finished = generation.finished
-            if len(job.tokens) < job.max_tokens and not job.finished:
-                job.max_tokens = len(job.tokens)  # the backend stopped early (a stop rule of its own)
             self._jobs.pop(session.key, None)
 
     def count_forward_pass(self, requests: int, tokens: int) -> None:

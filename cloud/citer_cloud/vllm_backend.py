@@ -137,12 +137,13 @@ class VllmBackend(GeneratingBackend):
                 pass
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
-                if iteration_stats is None or backend._on_step is None:
+                if scheduler_stats is None or backend._on_step is None:  # each engine step reports its scheduler
                     return
-                tokens = iteration_stats.num_prompt_tokens + iteration_stats.num_generation_tokens
-                if tokens:
-                    requests = scheduler_stats.num_running_reqs if scheduler_stats is not None else 0
-                    backend._on_step(requests, tokens)
+                tokens = 0
+                if iteration_stats is not None:  # only steps that produced output carry token counts
+                    computed = iteration_stats.prompt_token_stats.computed  # the uncached prompt tokens only
+                    tokens = computed + iteration_stats.num_generation_tokens
+                backend._on_step(scheduler_stats.num_running_reqs, tokens)
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -159,6 +160,7 @@ class VllmBackend(GeneratingBackend):
             # A seed per position: the same request on the same session state draws the same token.
             seed=None if sampling.greedy else (sampling.seed + len(tokens)) % (1 << 63),
             logprobs=0,  # the chosen token's own log-prob
+            stop_token_ids=sorted(self._end_tokens),  # llama.cpp's end-of-generation set, not only the EOS
             detokenize=False,
             skip_special_tokens=False,
             output_kind=RequestOutputKind.FINAL_ONLY,
@@ -171,6 +173,8 @@ class VllmBackend(GeneratingBackend):
         if final is None or not final.outputs:
             raise RuntimeError("vLLM returned no output")
         completion = final.outputs[0]
+        if completion.finish_reason not in ("stop", "length"):  # "abort" or "error": not a reply to pass on
+            raise RuntimeError(f"vLLM ended the request with {completion.finish_reason!r}")
         produced = list(completion.token_ids)
         entries = completion.logprobs or []
         if len(entries) != len(produced):
@@ -180,13 +184,14 @@ class VllmBackend(GeneratingBackend):
         return Generation(
             tokens=produced,
             logprobs=logprobs,
-            finished=completion.finish_reason == "stop",
+            finished=bool(produced) and self.is_end(produced[-1]),
             computed_tokens=len(tokens) - cached,
         )
 
     async def check_health(self) -> bool:
-        """vLLM's engine core is another process: ask it (raises when it died)."""
-        await self._llm.check_health()
+        """vLLM's engine core is another process: a dead one raises, a stuck one never answers the round trip."""
+        await self._llm.check_health()  # raises EngineDeadError once the engine core is gone
+        await self._llm.is_sleeping()  # a real request the engine core answers between its steps
         return not self._llm.errored
 
     def is_end(self, token: int) -> bool:
@@ -196,14 +201,26 @@ class VllmBackend(GeneratingBackend):
         self._llm.shutdown()
 
 
+#: Special tokens llama.cpp treats as end of generation beside the EOS (llama_vocab_is_eog): the two backends
+#: must end a reply at the same tokens, or a chat model's <|im_end|> would run on under vLLM.
+END_OF_GENERATION_TEXTS = frozenset(
+    {
+        "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>",
+        "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<EOT>", "<|eom_id|>",
+    }
+)  # fmt: skip
+
+
 def _end_tokens(config, tokenizer) -> frozenset[int]:
-    """The ids vLLM stops at: the tokenizer's end token and the generation config's."""
+    """Where a generation ends: the EOS, the generation config's end ids, and the special end tokens above."""
     ends: set[int] = set()
     if tokenizer.eos_token_id is not None:
         ends.add(int(tokenizer.eos_token_id))
     generation = config.model_config.try_get_generation_config() or {}
     eos = generation.get("eos_token_id")
     ends.update([eos] if isinstance(eos, int) else eos or [])
+    vocab = tokenizer.get_vocab()
+    ends.update(vocab[text] for text in END_OF_GENERATION_TEXTS if text in vocab)
     return frozenset(ends)
 
 
