@@ -13,6 +13,7 @@ BENCHMARKS = {
     "capacity": "concurrent sessions one cloud server sustains, with p50/p99 call latency",
     "resubmit": "per-call server cost vs context length: vLLM's resubmission vs llama.cpp's in-place sessions",
     "buffers": "SLM decode and prefill tokens/s under each llama.cpp weight-buffer setting (AMX, repack)",
+    "faults": "stalls, lost tokens and recovery of a generation through network faults and server kills",
 }
 
 

@@ -38,9 +38,11 @@ _STREAM_BROKEN = {
     None,
 }
 #: Reconnect fast after a server restart; gRPC's default first backoff is a full second.
+#: Not ``grpc.min_reconnect_backoff_ms``: gRPC takes it as the least time a connection attempt is given
+#: (MIN_CONNECT_TIMEOUT, 20 s by default), and at 100 ms no route slower than about 300 ms RTT could ever
+#: connect. Our calls' own deadlines bound how long anyone waits for a connection.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 5000),
     # Keepalive notices a dead peer or a NAT that dropped the connection between a chat's turns.
     ("grpc.keepalive_time_ms", 30_000),
@@ -168,18 +170,20 @@ class CloudSession:
         """False while backing off after a failure; the loop then stays on the SLM."""
         return not self._down or time.monotonic() >= self._retry_at
 
-    def connect(self) -> bool:
+    def connect(self, timeout_s: float | None = None) -> bool:
         """Open the channel and check the pairing; False (with one warning) when the cloud is unreachable.
 
-        Raises TokenizerMismatchError when the server's LLM cannot be paired with this SLM, and
-        CloudAuthError when it refuses the token: both are configuration errors, not outages.
+        ``timeout_s`` bounds the check (default ``connect_timeout_s``). Raises TokenizerMismatchError when
+        the server's LLM cannot be paired with this SLM, and CloudAuthError when it refuses the token: both
+        are configuration errors, not outages.
         """
         if self._stub is not None and self.info is not None:
             return True
+        timeout_s = self._connect_timeout_s if timeout_s is None else timeout_s
         try:
             self._channel = open_channel(self.address, self._tls, _CHANNEL_OPTIONS)
             self._stub = pb_grpc.LlmServiceStub(self._channel)
-            reply = self._stub.GetInfo(pb.InfoRequest(), timeout=self._connect_timeout_s, metadata=self._metadata)
+            reply = self._stub.GetInfo(pb.InfoRequest(), timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             self._drop_channel()
             if _code(error) == grpc.StatusCode.UNAUTHENTICATED:
@@ -215,7 +219,9 @@ class CloudSession:
         """
         if self.routing_stopped or not self.available:
             return None
-        if not self.connect():
+        # The probe after a failure reconnects here, while the user waits for this token: it gets a call's
+        # deadline, not the longer connect timeout allowed before a generation starts.
+        if not self.connect(min(self._timeout_s, self._connect_timeout_s) if self._down else None):
             return None
         assert self.info is not None
         if self.info.max_context and len(context) + max_tokens > self.info.max_context:
