@@ -95,7 +95,7 @@ class VllmBackend(GeneratingBackend):
                 "(on a CPU often --gpu-memory-utilization: the share must hold the weights and the KV cache)"
             ) from None
         config = self._llm.vllm_config
-        tokenizer = self._load_tokenizer()
+        tokenizer = self._llm.get_tokenizer()  # the one vLLM loaded from the folder, not a second copy
         vocab_size = config.model_config.get_vocab_size()
         cache = config.cache_config
         capacity = int((cache.num_gpu_blocks or 0) * cache.block_size)
@@ -117,11 +117,6 @@ class VllmBackend(GeneratingBackend):
             cache.block_size,
             self.info.max_context,
         )
-
-    def _load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.settings.model))
 
     def on_step(self, callback: Callable[[int, int], None] | None) -> None:
         """Call ``callback(requests, tokens)`` after each of vLLM's engine steps (one forward pass each)."""
