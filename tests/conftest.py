@@ -45,7 +45,7 @@ def greedy_margins(slm: LocalModel, prompt: list[int], tokens: list[int]) -> lis
 @pytest.fixture(scope="session", autouse=True)
 def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Chats started by tests journal into a temporary folder, never into the user's own history."""
-    from citer_edge.journal import HISTORY_ENV
+    from citer_edge.chat.journal import HISTORY_ENV
 
     folder = tmp_path_factory.mktemp("chat-history")
     previous = os.environ.get(HISTORY_ENV)

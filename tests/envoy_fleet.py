@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from citer_edge.local_cloud import terminate
+from citer_edge.cloud.local import terminate
 
 log = logging.getLogger(__name__)
 

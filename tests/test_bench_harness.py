@@ -11,7 +11,7 @@ import pytest
 from citer_bench.curves import apgr, cpt
 from citer_bench.humaneval import Problem, check_completion, load_problems, truncate_at_stop
 from citer_bench.quality import pending, query_level, read_jsonl
-from citer_edge.calibration import share_below, threshold_for_share
+from citer_edge.routing.calibration import share_below, threshold_for_share
 from citer_export.corpus import stdlib_function_prompts
 
 

@@ -96,7 +96,7 @@ def test_capacity_measures_calls_and_server_work(smol_path, smol_slm) -> None:
     import argparse
 
     from citer_bench.capacity import measure
-    from citer_edge.local_cloud import LocalCloud
+    from citer_edge.cloud.local import LocalCloud
 
     args = argparse.Namespace(calls=3, append=8)
     prompt = smol_slm.tokenize("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")

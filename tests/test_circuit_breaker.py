@@ -22,7 +22,7 @@ from tests.test_cli import run_cli
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "citer_edge.cloud_client" and r.levelno >= 30]
+    return [r.getMessage() for r in caplog.records if r.name == "citer_edge.cloud.session" and r.levelno >= 30]
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ def test_policy_scores_each_position_once(smol_slm: LocalModel, smol_server: Clo
     The policy routes every third decision to the cloud, which answers with two tokens per call, so the
     count must equal SLM tokens plus cloud calls, not the number of tokens produced.
     """
-    from citer_edge.features import TokenFeatures
-    from citer_edge.policies import RoutingPolicy
+    from citer_edge.routing.features import TokenFeatures
+    from citer_edge.routing.policies import RoutingPolicy
 
     class CountingPolicy(RoutingPolicy):  # our own interface, implemented to count, not a mock of a real part
         name = "counting"

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 from citer_protocol import pb, pb_grpc
 from tests.conftest import COUNTING_PROMPT, MIN_MARGIN, greedy_margins
 from tests.envoy_fleet import EnvoyProcess, envoy_binary, load_sample, render_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from citer_edge.features import LOGIT_STAT_NAMES, extract_features, logit_stats
+from citer_edge.routing.features import LOGIT_STAT_NAMES, extract_features, logit_stats
 
 
 def reference_stats(logits: np.ndarray) -> tuple[float, float, float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from citer_edge.journal import FLUSH_EVERY_TOKENS, HISTORY_ENV, Journal, read_transcript
+from citer_edge.chat.journal import FLUSH_EVERY_TOKENS, HISTORY_ENV, Journal, read_transcript
 from tests.test_cli import run_cli
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 SPAWNER = """
 import sys, time
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 cloud = LocalCloud(sys.argv[1]).start()
 print(cloud._process.pid, flush=True)
 time.sleep(600)

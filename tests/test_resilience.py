@@ -10,7 +10,7 @@ import pytest
 
 from citer_cloud.server import CloudServer, ServerConfig
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy, SamplingSettings
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 from citer_protocol import log_softmax
 from tests.conftest import CHAT_PROMPT, COUNTING_PROMPT, MIN_MARGIN, greedy_margins
 
@@ -159,7 +159,7 @@ def test_interrupted_request_never_pairs_the_next_call_with_its_stale_reply(
 
     The interrupt is injected (a real Ctrl-C cannot be timed inside a test); the server is real.
     """
-    from citer_edge.cloud_client import _DecodeStream
+    from citer_edge.cloud.session import _DecodeStream
 
     prompt = smol_slm.tokenize(CHAT_PROMPT)
     greedy = SamplingSettings()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from citer_edge import LocalModel
-from citer_edge.features import LOGIT_STAT_NAMES
-from citer_edge.policies import CloudPolicy
+from citer_edge.routing.features import LOGIT_STAT_NAMES
+from citer_edge.routing.policies import CloudPolicy
 from citer_export.collect import label_prompt
 from citer_export.corpus import CodePrompt
 from citer_export.dataset import RouterDataset, relabel_by_gap

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from citer_cloud.server import CloudServer
 from citer_edge import CloudSession, LocalModel, SamplingSettings
-from citer_edge.cloud_client import session_header_value
+from citer_edge.cloud.session import session_header_value
 from tests.conftest import CHAT_PROMPT
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from citer_cloud.server import CloudServer
 from citer_edge import CloudSession, HybridGenerator, LocalModel
-from citer_edge.features import LOGIT_STAT_NAMES
-from citer_edge.policies import ConfidencePolicy
-from citer_edge.router import SHIPPED_DIR, RouterCard, RouterPolicy, default_policy, shipped_router
+from citer_edge.routing.features import LOGIT_STAT_NAMES
+from citer_edge.routing.policies import ConfidencePolicy
+from citer_edge.routing.router import SHIPPED_DIR, RouterCard, RouterPolicy, default_policy, shipped_router
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.qwen

@@ -11,7 +11,7 @@ import pytest
 
 from citer_cloud.tls import exposure_warnings
 from citer_edge import CloudSession, LocalModel, SamplingSettings
-from citer_edge.cloud_channel import CloudTls
+from citer_edge.cloud.channel import CloudTls
 from citer_edge.errors import CiterEdgeError
 from tests.certs import issue, make_ca
 from tests.conftest import CHAT_PROMPT

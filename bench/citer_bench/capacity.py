@@ -36,7 +36,7 @@ import grpc
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_bench.plotting import saved_axes
 from citer_edge import CloudSession, LocalModel, SamplingSettings
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 from citer_edge.models import DEFAULT_LLM, resolve_model
 from citer_export.corpus import SPEED_PROMPTS
 from citer_protocol import pb, pb_grpc

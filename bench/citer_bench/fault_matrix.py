@@ -26,8 +26,8 @@ import numpy as np
 
 from citer_bench.fault_proxy import FaultProxy
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.cloud_client import DEFAULT_TIMEOUT_S, PREFILL_ALLOWANCE_TOKENS_PER_S
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.session import DEFAULT_TIMEOUT_S, PREFILL_ALLOWANCE_TOKENS_PER_S
+from citer_edge.cloud.local import LocalCloud
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ClientSettings:
         return CloudSession(address, fingerprint, timeout_s=self.timeout_s, **extra)  # type: ignore[arg-type]
 
     def deadline_s(self, appended_tokens: int) -> float:
-        """A call's deadline when it sends ``appended_tokens`` (the client's own rule, cloud_client.py)."""
+        """A call's deadline when it sends ``appended_tokens`` (the client's own rule, cloud/session.py)."""
         return self.timeout_s + appended_tokens / PREFILL_ALLOWANCE_TOKENS_PER_S
 
 

@@ -36,7 +36,7 @@ from citer_bench.fault_matrix import (
 from citer_bench.fault_proxy import FaultProxy
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_edge import LocalModel
-from citer_edge.cloud_client import DEFAULT_TIMEOUT_S
+from citer_edge.cloud.session import DEFAULT_TIMEOUT_S
 from citer_edge.models import resolve_model
 
 #: The same counting prompt as tests/conftest.py: greedy's choice is clear at every step, so a token the

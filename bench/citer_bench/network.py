@@ -20,7 +20,7 @@ from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_bench.plotting import saved_axes
 from citer_bench.throughput import chat_prompts, run_generate, run_hybrid, summarise
 from citer_edge import LocalModel
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
 from citer_export.corpus import SPEED_PROMPTS
 

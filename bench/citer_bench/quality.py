@@ -44,11 +44,11 @@ from citer_bench.humaneval import Problem, check_completion, load_problems, trun
 from citer_bench.machine import RESULTS_DIR, machine_description
 from citer_bench.plotting import saved_axes
 from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.calibration import share_below, threshold_for_share
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.routing.calibration import share_below, threshold_for_share
+from citer_edge.cloud.local import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
-from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
-from citer_edge.router import RouterCard, RouterPolicy
+from citer_edge.routing.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+from citer_edge.routing.router import RouterCard, RouterPolicy
 from citer_export.corpus import CodePrompt, sample_prompts, stdlib_function_prompts
 from citer_protocol import pb, pb_grpc
 

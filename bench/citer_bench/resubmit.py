@@ -27,7 +27,7 @@ from citer_bench.capacity import CONFIGS, FILLER, cpu_seconds, describe_config, 
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_bench.plotting import saved_axes
 from citer_edge import CloudSession, LocalModel, SamplingSettings
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.cloud.local import LocalCloud
 from citer_edge.models import DEFAULT_LLM, resolve_model
 from citer_protocol import pb, pb_grpc
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from citer_bench.machine import machine_description, write_result
 from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.chat import Conversation
-from citer_edge.local_cloud import LocalCloud
+from citer_edge.chat.conversation import Conversation
+from citer_edge.cloud.local import LocalCloud
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
-from citer_edge.policies import make_policy
+from citer_edge.routing.policies import make_policy
 from citer_export.corpus import SPEED_PROMPTS
 from citer_protocol import pb, pb_grpc
 

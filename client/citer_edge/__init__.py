@@ -16,18 +16,18 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from citer_edge.cloud_client import CloudSession
+    from citer_edge.cloud.session import CloudSession
     from citer_edge.decode import GeneratedToken, GenerationResult, GenerationSummary, HybridGenerator
     from citer_edge.errors import CiterEdgeError, CloudAuthError, ModelNotFoundError, TokenizerMismatchError
     from citer_edge.models import pull_model, resolve_model
-    from citer_edge.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
+    from citer_edge.routing.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
     from citer_edge.slm import LocalModel
     from citer_protocol import SamplingSettings
 
 # Imported on first use, so that `citer-edge doctor` still starts (and can say so) when a native
 # dependency such as llama-cpp-python or onnxruntime is broken.
 _LAZY = {
-    "CloudSession": "citer_edge.cloud_client",
+    "CloudSession": "citer_edge.cloud.session",
     "GeneratedToken": "citer_edge.decode",
     "GenerationResult": "citer_edge.decode",
     "GenerationSummary": "citer_edge.decode",
@@ -38,11 +38,11 @@ _LAZY = {
     "TokenizerMismatchError": "citer_edge.errors",
     "pull_model": "citer_edge.models",
     "resolve_model": "citer_edge.models",
-    "CloudPolicy": "citer_edge.policies",
-    "ConfidencePolicy": "citer_edge.policies",
-    "LocalPolicy": "citer_edge.policies",
-    "RandomPolicy": "citer_edge.policies",
-    "RoutingPolicy": "citer_edge.policies",
+    "CloudPolicy": "citer_edge.routing.policies",
+    "ConfidencePolicy": "citer_edge.routing.policies",
+    "LocalPolicy": "citer_edge.routing.policies",
+    "RandomPolicy": "citer_edge.routing.policies",
+    "RoutingPolicy": "citer_edge.routing.policies",
     "LocalModel": "citer_edge.slm",
     "SamplingSettings": "citer_protocol",
 }

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from citer_edge import models
-from citer_edge.cloud_channel import CloudTls
-from citer_edge.cloud_client import DEFAULT_TIMEOUT_S
+from citer_edge.cloud.channel import CloudTls
+from citer_edge.cloud.session import DEFAULT_TIMEOUT_S
 from citer_edge.errors import CiterEdgeError
-from citer_edge.policies import POLICY_NAMES, make_policy
+from citer_edge.routing.policies import POLICY_NAMES, make_policy
 from citer_protocol import SamplingSettings
 from citer_protocol.llama_loader import add_extra_buffers_argument
 
 if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even when llama.cpp does not load
-    from citer_edge.chat import Conversation
-    from citer_edge.cloud_client import CloudSession
+    from citer_edge.chat.conversation import Conversation
+    from citer_edge.cloud.session import CloudSession
     from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
-    from citer_edge.journal import Journal
+    from citer_edge.chat.journal import Journal
     from citer_edge.slm import LocalModel
 
 log = logging.getLogger("citer_edge")
@@ -218,10 +218,10 @@ class Runtime:
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     """Load the SLM and the policy (bad options fail here, before any server starts), then reach the cloud."""
-    from citer_edge.cloud_client import CloudSession
+    from citer_edge.cloud.session import CloudSession
     from citer_edge.decode import HybridGenerator
-    from citer_edge.local_cloud import LocalCloud
-    from citer_edge.router import RouterPolicy, default_policy
+    from citer_edge.cloud.local import LocalCloud
+    from citer_edge.routing.router import RouterPolicy, default_policy
     from citer_edge.slm import LocalModel
 
     with contextlib.ExitStack() as stack:
@@ -323,8 +323,8 @@ def _print_stream(
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from citer_edge.chat import Conversation
-    from citer_edge.journal import Journal, read_transcript
+    from citer_edge.chat.conversation import Conversation
+    from citer_edge.chat.journal import Journal, read_transcript
 
     with open_runtime(args) as runtime:
         conversation = Conversation(runtime.slm, system=args.system)
@@ -403,7 +403,7 @@ def _read_message() -> str | None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from citer_edge.chat import Conversation
+    from citer_edge.chat.conversation import Conversation
 
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     with open_runtime(args) as runtime:
@@ -463,7 +463,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    from citer_edge.journal import list_conversations, read_transcript
+    from citer_edge.chat.journal import list_conversations, read_transcript
 
     if args.history_command == "list":
         for transcript in list_conversations():

@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from citer_edge.cloud_client import CloudSession
-from citer_edge.features import extract_features
-from citer_edge.policies import RoutingPolicy
+from citer_edge.cloud.session import CloudSession
+from citer_edge.routing.features import extract_features
+from citer_edge.routing.policies import RoutingPolicy
 from citer_edge.slm import ContextFullError, LocalModel
 from citer_protocol import SamplingSettings, sample_token
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from citer_edge import models
-from citer_edge.cloud_channel import CloudTls
+from citer_edge.cloud.channel import CloudTls
 from citer_protocol.llama_loader import (
     EXTRA_BUFFERS_ENV,
     CpuInfo,
@@ -198,8 +198,8 @@ def _router_checks(slm: SlmFacts | None) -> list[Check]:
     import numpy as np
 
     from citer_edge.errors import CiterEdgeError
-    from citer_edge.features import LOGIT_STAT_NAMES
-    from citer_edge.router import RouterPolicy, shipped_router
+    from citer_edge.routing.features import LOGIT_STAT_NAMES
+    from citer_edge.routing.router import RouterPolicy, shipped_router
 
     router_path = shipped_router(slm.path.name, slm.hidden_size)
     if router_path is None:
@@ -221,7 +221,7 @@ def _router_checks(slm: SlmFacts | None) -> list[Check]:
 
 
 def _cloud_check(address: str, token: str | None, slm: SlmFacts | None, tls: CloudTls | None) -> Check:
-    from citer_edge.cloud_client import CloudSession
+    from citer_edge.cloud.session import CloudSession
     from citer_edge.errors import CiterEdgeError
 
     if slm is None:
@@ -230,7 +230,7 @@ def _cloud_check(address: str, token: str | None, slm: SlmFacts | None, tls: Clo
         session = CloudSession(address, slm.fingerprint, connect_timeout_s=5.0, auth_token=token, tls=tls)
     except CiterEdgeError as error:
         return Check("cloud", FAIL, str(error), "check the --cloud-ca / --cloud-cert / --cloud-key paths")
-    client_log = logging.getLogger("citer_edge.cloud_client")
+    client_log = logging.getLogger("citer_edge.cloud.session")
     level = client_log.level
     client_log.setLevel(logging.ERROR)  # the check line says it; the client's own warning would say it twice
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from citer_edge.calibration import cut_for_share
-from citer_edge.features import LOGIT_STAT_NAMES
-from citer_edge.router import RouterCard
+from citer_edge.routing.calibration import cut_for_share
+from citer_edge.routing.features import LOGIT_STAT_NAMES
+from citer_edge.routing.router import RouterCard
 from citer_export.dataset import RouterDataset
 from citer_export.onnx_export import PARITY_TOLERANCE, export_onnx, onnx_predict, parity_max_abs_diff, quantize_int8
 from citer_export.train import TrainConfig, auc, predict, train_router

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from citer_edge.features import extract_features
+from citer_edge.routing.features import extract_features
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
-from citer_edge.policies import RoutingPolicy
-from citer_edge.router import RouterPolicy
+from citer_edge.routing.policies import RoutingPolicy
+from citer_edge.routing.router import RouterPolicy
 from citer_edge.slm import LocalModel
 from citer_export.corpus import CodePrompt, shuffled_prompts, stdlib_function_prompts
 from citer_export.dataset import RouterDataset

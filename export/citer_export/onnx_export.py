@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from citer_edge.router import INPUT_NAME, OUTPUT_NAME
+from citer_edge.routing.router import INPUT_NAME, OUTPUT_NAME
 from citer_export.model import RouterMLP
 from citer_export.train import predict
 

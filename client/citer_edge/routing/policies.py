@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 
-from citer_edge.features import TokenFeatures
+from citer_edge.routing.features import TokenFeatures
 
 
 class RoutingPolicy(ABC):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from citer_edge.cloud_channel import CloudTls, open_channel
+from citer_edge.cloud.channel import CloudTls, open_channel
 from citer_edge.errors import CloudAuthError, TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
 from citer_protocol import REASON_KEY, SERVER_LEN_KEY, SESSION_KEY, SamplingSettings, pb, pb_grpc

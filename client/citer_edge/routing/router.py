@@ -16,8 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from citer_edge.errors import ModelNotFoundError, RouterMismatchError
-from citer_edge.features import LOGIT_STAT_NAMES, TokenFeatures
-from citer_edge.policies import RoutingPolicy
+from citer_edge.routing.features import LOGIT_STAT_NAMES, TokenFeatures
+from citer_edge.routing.policies import RoutingPolicy
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "p_critical"

@@ -1,0 +1,1 @@
+"""Conversations: chat-template rendering and the crash-safe journal behind `citer-edge chat` and `history`."""
