@@ -50,6 +50,9 @@ class SlotChunk:
     start_pos: int  # the slot's current length: tokens go at start_pos, start_pos + 1, ...
     tokens: Sequence[int]
     want_logits: bool  # return the next-token logits after the last of ``tokens``
+    #: Verification: return the logits after *every* token at position >= rows_from, as a 2-D array
+    #: ``[rows, vocab]`` (its last row is the usual next-token logits). None: ``want_logits`` alone.
+    rows_from: int | None = None
 
 
 class Backend(ABC):
@@ -77,6 +80,9 @@ class BatchingBackend(Backend):
     @abstractmethod
     def evaluate_batch(self, chunks: Sequence[SlotChunk]) -> list[np.ndarray | None]:
         """Append every chunk to its slot in one forward pass; logits per chunk (None where not wanted).
+
+        A chunk with ``rows_from`` gets a ``[rows, vocab]`` array: the logits after each of its tokens at
+        a position >= ``rows_from`` (possibly none).
 
         Each slot appears at most once. Raises KvCacheFull, leaving every slot as it was before the call.
         """

@@ -72,17 +72,26 @@ class LlamaCppBackend(BatchingBackend):
             raise ValueError(f"a batch carries 1..{self.max_batch_tokens} tokens and no empty chunk, got {total}")
         batch = self._batch
         batch.n_tokens = total
-        rows: list[int | None] = []
+        rows: list[list[int] | int | None] = []  # per chunk: batch indices of its rows, one index, or None
         i = 0
         for chunk in chunks:
+            chunk_rows: list[int] = []
             for offset, token in enumerate(chunk.tokens):
                 batch.token[i] = token
                 batch.pos[i] = chunk.start_pos + offset
                 batch.seq_id[i][0] = chunk.slot
                 batch.n_seq_id[i] = 1
-                batch.logits[i] = chunk.want_logits and offset == len(chunk.tokens) - 1
+                wanted = (chunk.want_logits and offset == len(chunk.tokens) - 1) or (
+                    chunk.rows_from is not None and chunk.start_pos + offset >= chunk.rows_from
+                )
+                batch.logits[i] = wanted
+                if wanted:
+                    chunk_rows.append(i)
                 i += 1
-            rows.append(i - 1 if chunk.want_logits else None)
+            if chunk.rows_from is not None:
+                rows.append(chunk_rows)
+            else:
+                rows.append(i - 1 if chunk.want_logits else None)
         status = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             for chunk in chunks:
@@ -91,12 +100,19 @@ class LlamaCppBackend(BatchingBackend):
                 raise KvCacheFull(f"no KV room for {total} tokens across {len(chunks)} slots")
             raise RuntimeError(f"llama_decode failed with status {status}")
         vocab = self.info.vocab_size
-        return [
-            None
-            if row is None
-            else np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(vocab,)).copy()
-            for row in rows
-        ]
+        results: list[np.ndarray | None] = []
+        for row in rows:
+            if row is None:
+                results.append(None)
+            elif isinstance(row, list):
+                results.append(np.stack([self._logits_row(r) for r in row]) if row else np.zeros((0, vocab), np.float32))
+            else:
+                results.append(self._logits_row(row))
+        return results
+
+    def _logits_row(self, index: int) -> np.ndarray:
+        logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        return np.ctypeslib.as_array(logits, shape=(self.info.vocab_size,)).copy()
 
     def truncate(self, slot: int, n_tokens: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot, n_tokens, -1)

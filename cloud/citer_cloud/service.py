@@ -76,11 +76,15 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         max_tokens: int,
         sampling: SamplingSettings,
         admit: bool = True,
+        verify_from: int = 0,
+        span_below: float = 0.0,
     ) -> DecodeResult:
         if admit:
             self._admit(tenant)
         limits = tenant.limits if tenant else None
-        call = DecodeCall(session_id, known_len, append, max_tokens, sampling, _namespace(tenant), limits)
+        call = DecodeCall(
+            session_id, known_len, append, max_tokens, sampling, _namespace(tenant), limits, verify_from, span_below
+        )
         ticket = self._engine.decode(call)
         try:
             return await asyncio.shield(asyncio.wrap_future(ticket.future))
@@ -100,6 +104,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             backend=info.backend,
             max_request_tokens=self._sessions.max_request_tokens,
             max_sessions=info.n_slots,
+            features=list(self._sessions.features),
         )
 
     async def Decode(
@@ -111,7 +116,14 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             try:
                 sampling = sampling_from_proto(request.sampling)
                 result = await self._decode(
-                    tenant, request.session_id, request.known_len, list(request.append), request.max_tokens, sampling
+                    tenant,
+                    request.session_id,
+                    request.known_len,
+                    list(request.append),
+                    request.max_tokens,
+                    sampling,
+                    verify_from=request.verify_from,
+                    span_below=request.span_below,
                 )
             except RequestError as error:
                 self._observe("Decode", started, error)
@@ -119,7 +131,12 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
                 return
             self._observe("Decode", started)
             yield pb.DecodeResponse(
-                tokens=result.tokens, logprobs=result.logprobs, new_len=result.new_len, finished=result.finished
+                tokens=result.tokens,
+                logprobs=result.logprobs,
+                new_len=result.new_len,
+                finished=result.finished,
+                accepted=result.accepted,
+                verified=result.verified,
             )
 
     async def Generate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ class ErrorKind(enum.Enum):
     OUT_OF_RANGE = "OUT_OF_RANGE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
 
 
 class RequestError(Exception):
@@ -81,6 +83,8 @@ class DecodeCall:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     tenant: str = ""
     limits: TenantLimits | None = None
+    verify_from: int = 0  # 0: no verification; else the position of the first draft (see DecodeRequest)
+    span_below: float = 0.0  # 0: produce max_tokens; else continue while the LLM's top-1 is below it
 
     @property
     def key(self) -> SessionKey:
@@ -93,6 +97,8 @@ class DecodeResult:
     logprobs: list[float]
     new_len: int
     finished: bool
+    accepted: int = 0  # verify mode: drafts kept
+    verified: bool = False
 
 
 @dataclass
@@ -106,6 +112,8 @@ class ServerStats:
     live_sessions: int = 0
     kv_tokens_used: int = 0
     kv_tokens_capacity: int = 0
+    drafts_accepted: int = 0
+    drafts_rejected: int = 0
 
 
 @dataclass
@@ -125,6 +133,9 @@ class DecodeJob:
     finished: bool = False  # an end-of-generation token was produced
     error: RequestError | None = None
     cancelled: bool = False  # the client went away: the engine drops the job at the next step
+    verify: Verification | None = None
+    span_below: float = 0.0
+    span_closed: bool = False  # the LLM became sure of the next token: the multi-token turn ends here
 
     @property
     def pending(self) -> int:
@@ -133,14 +144,39 @@ class DecodeJob:
 
     @property
     def done(self) -> bool:
-        if self.error is not None or self.cancelled or self.finished:
+        if self.error is not None or self.cancelled or self.finished or self.span_closed:
             return True
         return len(self.tokens) >= self.max_tokens and (self.max_tokens > 0 or self.pending == 0)
 
     def result(self) -> DecodeResult:
         if self.error is not None:
             raise self.error
-        return DecodeResult(self.tokens, self.logprobs, len(self.session.tokens), self.finished)
+        accepted, verified = (self.verify.accepted, True) if self.verify else (0, False)
+        return DecodeResult(self.tokens, self.logprobs, len(self.session.tokens), self.finished, accepted, verified)
+
+
+@dataclass
+class Verification:
+    """Verify-on-sync state of one job: drafts at positions [next, end) still wait for the LLM's judgement.
+
+    The LLM's greedy choice at position p is the argmax of the logits after
+    tokens[:p]. Drafts are checked in order as those logits arrive (from the
+    session's stored logits or from the rows of the job's prefill); the first
+    disagreement cuts the session there and the LLM's own token takes its place.
+    """
+
+    start: int  # first draft position (verify_from)
+    end: int  # one past the last draft
+    next: int  # first draft not yet checked
+    rejected: bool = False
+
+    @property
+    def accepted(self) -> int:
+        return self.next - self.start
+
+    @property
+    def pending(self) -> bool:
+        return self.next < self.end
 
 
 class SessionManager:
@@ -165,6 +201,11 @@ class SessionManager:
         self.on_step: Callable[[int, int], None] | None = None  # (requests, tokens) of each forward pass: metrics
         self._lock = threading.RLock()
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Optional protocol features (InfoResponse.features): verify and span need the backend's logits."""
+        return ("verify", "span") if isinstance(self.backend, BatchingBackend) else ()
+
     # -- public API -------------------------------------------------------
 
     def decode(self, call: DecodeCall) -> DecodeResult:
@@ -182,6 +223,7 @@ class SessionManager:
         key = call.key
         with self._lock:
             self._validate(session_id, known_len, append, max_tokens)
+            self._validate_features(call)
             self._check_limits(key, known_len, append, max_tokens, call.limits or TenantLimits())
             if key in self._jobs:
                 raise RequestError(
@@ -214,8 +256,11 @@ class SessionManager:
                 self._stats.tokens_prefilled += len(append)
             if session.rng is None:
                 session.rng = np.random.default_rng(sampling.seed)
-            job = DecodeJob(session, max_tokens, sampling)
-            if max_tokens > 0 and job.pending == 0 and session.logits is None:
+            job = DecodeJob(session, max_tokens, sampling, span_below=call.span_below)
+            if call.verify_from:
+                job.verify = Verification(call.verify_from, len(session.tokens), call.verify_from)
+                self._start_verification(job)
+            elif max_tokens > 0 and job.pending == 0 and session.logits is None:
                 # Logits were dropped by a rollback: recompute the last position.
                 session.n_evaluated -= 1
                 self.backend.truncate(session.slot, session.n_evaluated)
@@ -256,6 +301,8 @@ class SessionManager:
                     job.session.n_evaluated,
                     job.session.tokens[job.session.n_evaluated : job.session.n_evaluated + take],
                     want_logits=take == job.pending,
+                    # Verification needs the logits after every position from the one before the next draft.
+                    rows_from=job.verify.next - 1 if job.verify and job.verify.pending else None,
                 )
                 for job, take in plan
             ]
@@ -267,8 +314,10 @@ class SessionManager:
             self._stats.forward_passes += 1
             if self.on_step is not None:
                 self.on_step(len(plan), sum(take for _, take in plan))
-            for (job, take), logits in zip(plan, results, strict=True):
+            for (job, take), (chunk, logits) in zip(plan, zip(chunks, results, strict=True), strict=True):
                 job.session.n_evaluated += take
+                if chunk.rows_from is not None:
+                    logits = self._verify_rows(job, chunk, logits)
                 job.session.logits = logits  # None after a partial prefill: older logits describe nothing now
                 if logits is not None:
                     self._produce_ready(job)
@@ -362,6 +411,28 @@ class SessionManager:
                 f"model's window of {info.max_context}",
             )
 
+    def _validate_features(self, call: DecodeCall) -> None:
+        """Verify and span requests: supported by this backend, greedy, and within the request's bounds."""
+        if not (call.verify_from or call.span_below):
+            return
+        if not isinstance(self.backend, BatchingBackend):
+            raise RequestError(
+                ErrorKind.UNIMPLEMENTED,
+                f"the {self.backend.info.backend} backend does not support verify_from or span_below; "
+                "check InfoResponse.features",
+            )
+        if not math.isfinite(call.span_below) or not 0.0 <= call.span_below <= 1.0:
+            raise RequestError(ErrorKind.INVALID_ARGUMENT, f"span_below must be in [0, 1], got {call.span_below}")
+        if call.verify_from:
+            if not call.sampling.greedy:
+                raise RequestError(ErrorKind.INVALID_ARGUMENT, "verify_from needs greedy sampling (temperature 0)")
+            low, high = max(call.known_len, 1), call.known_len + len(call.append)
+            if not low <= call.verify_from <= high:
+                raise RequestError(
+                    ErrorKind.INVALID_ARGUMENT,
+                    f"verify_from {call.verify_from} must lie in [{low}, {high}] (the appended tokens)",
+                )
+
     def _check_limits(
         self, key: SessionKey, known_len: int, append: Sequence[int], max_tokens: int, limits: TenantLimits
     ) -> None:
@@ -423,6 +494,9 @@ class SessionManager:
         session = job.session
         if job.done or job.pending or session.logits is None or len(job.tokens) >= job.max_tokens:
             return
+        if job.span_below and job.tokens and _top1_probability(session.logits) >= job.span_below:
+            job.span_closed = True  # the LLM is sure of the next token: hand the turn back (logits are kept)
+            return
         assert session.rng is not None
         token = sample_token(session.logits, job.sampling, session.rng)
         job.logprobs.append(_logprob(session.logits, token))
@@ -434,6 +508,60 @@ class SessionManager:
         self._stats.tokens_generated += 1
         if self.backend.is_end(token):
             job.finished = True
+
+    def _start_verification(self, job: DecodeJob) -> None:
+        """Check what the session's stored logits can judge now; make sure the rest gets logits rows."""
+        session, verify = job.session, job.verify
+        assert verify is not None
+        if session.n_evaluated == verify.start and session.logits is not None:
+            self._judge(job, verify.start, session.logits)  # the first draft, from the logits already held
+        elif session.n_evaluated >= verify.start:
+            # The logits before the first draft were dropped (a rollback): recompute that position.
+            session.n_evaluated = verify.start - 1
+            self.backend.truncate(session.slot, session.n_evaluated)
+            session.logits = None
+        self._finish_verification(job)
+
+    def _verify_rows(self, job: DecodeJob, chunk: SlotChunk, rows: np.ndarray | None) -> np.ndarray | None:
+        """Judge drafts with a verify chunk's logits rows; return the logits to produce from (or None)."""
+        verify = job.verify
+        assert verify is not None and rows is not None
+        first = max(chunk.start_pos, chunk.rows_from or 0)  # position whose logits are rows[0]
+        for index in range(rows.shape[0]):
+            position = first + index + 1  # the token these logits predict
+            if position < verify.next or not verify.pending:
+                continue
+            if not self._judge(job, position, rows[index]):
+                return rows[index]  # the session now ends just before ``position``: produce the LLM's token
+        self._finish_verification(job)
+        last = chunk.start_pos + len(chunk.tokens) - 1
+        return rows[-1] if chunk.want_logits and first + rows.shape[0] - 1 == last else None
+
+    def _judge(self, job: DecodeJob, position: int, logits: np.ndarray) -> bool:
+        """Compare the draft at ``position`` with the LLM's greedy choice; on disagreement cut the session there."""
+        session, verify = job.session, job.verify
+        assert verify is not None
+        if int(np.argmax(logits)) == session.tokens[position]:
+            verify.next = position + 1
+            self._stats.drafts_accepted += 1
+            return True
+        self._stats.drafts_rejected += verify.end - position
+        verify.end = verify.next = position
+        verify.rejected = True
+        del session.tokens[position:]
+        if session.n_evaluated > position:
+            self.backend.truncate(session.slot, position)
+            session.n_evaluated = position
+        session.logits = logits if session.n_evaluated == position else None
+        job.max_tokens = max(job.max_tokens, 1)  # the LLM's own token replaces the rejected draft
+        return False
+
+    def _finish_verification(self, job: DecodeJob) -> None:
+        """Every draft kept: an accepted end-of-generation token ends the reply with nothing more to produce."""
+        verify = job.verify
+        assert verify is not None
+        if not verify.pending and not verify.rejected and verify.end > verify.start and not job.tokens:
+            job.finished = self.backend.is_end(job.session.tokens[verify.end - 1])
 
     def _make_room(self, jobs: list[DecodeJob]) -> None:
         """No KV room for the next step: evict one session and let the next step retry.
@@ -484,6 +612,11 @@ class SessionManager:
     def _release(self, session: Session) -> None:
         self.backend.truncate(session.slot, 0)
         self._free_slots.append(session.slot)
+
+
+def _top1_probability(logits: np.ndarray) -> float:
+    peak = float(np.max(logits))
+    return float(1.0 / np.exp(logits.astype(np.float64) - peak).sum())
 
 
 def _logprob(logits: np.ndarray, token: int) -> float:

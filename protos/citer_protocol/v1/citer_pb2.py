@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63iter_protocol/v1/citer.proto\x12\x08\x63iter.v1\"\r\n\x0bInfoRequest\"\xc5\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x13\n\x0bmax_context\x18\x04 \x01(\r\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x1a\n\x12max_request_tokens\x18\x07 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\"B\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\x86\x01\n\rDecodeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tknown_len\x18\x02 \x01(\r\x12\x0e\n\x06\x61ppend\x18\x03 \x03(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.citer.v1.SamplingParams\"U\n\x0e\x44\x65\x63odeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0f\n\x07new_len\x18\x03 \x01(\r\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"a\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x03(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.citer.v1.SamplingParams\"D\n\x10GenerateResponse\x12\r\n\x05token\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14\x43loseSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x0e\n\x0cStatsRequest\"\xf3\x01\n\rStatsResponse\x12\x18\n\x10tokens_prefilled\x18\x01 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x04\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x04\x12\x15\n\rlive_sessions\x18\x04 \x01(\r\x12\x18\n\x10sessions_created\x18\x05 \x01(\x04\x12\x18\n\x10sessions_evicted\x18\x06 \x01(\x04\x12\x16\n\x0ekv_tokens_used\x18\x07 \x01(\x04\x12\x1a\n\x12kv_tokens_capacity\x18\x08 \x01(\x04\x12\x17\n\x0f\x64\x65\x63ode_requests\x18\t \x01(\x04*j\n\x0bSyncFailure\x12\x1c\n\x18SYNC_FAILURE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSESSION_UNKNOWN\x10\x01\x12\x13\n\x0fSESSION_EVICTED\x10\x02\x12\x13\n\x0fKNOWN_LEN_AHEAD\x10\x03\x32\xd8\x02\n\nLlmService\x12\x38\n\x07GetInfo\x12\x15.citer.v1.InfoRequest\x1a\x16.citer.v1.InfoResponse\x12?\n\x06\x44\x65\x63ode\x12\x17.citer.v1.DecodeRequest\x1a\x18.citer.v1.DecodeResponse(\x01\x30\x01\x12\x43\n\x08Generate\x12\x19.citer.v1.GenerateRequest\x1a\x1a.citer.v1.GenerateResponse0\x01\x12M\n\x0c\x43loseSession\x12\x1d.citer.v1.CloseSessionRequest\x1a\x1e.citer.v1.CloseSessionResponse\x12;\n\x08GetStats\x12\x16.citer.v1.StatsRequest\x1a\x17.citer.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63iter_protocol/v1/citer.proto\x12\x08\x63iter.v1\"\r\n\x0bInfoRequest\"\xd7\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x13\n\x0bmax_context\x18\x04 \x01(\r\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x1a\n\x12max_request_tokens\x18\x07 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\t \x03(\t\"B\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xaf\x01\n\rDecodeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tknown_len\x18\x02 \x01(\r\x12\x0e\n\x06\x61ppend\x18\x03 \x03(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.citer.v1.SamplingParams\x12\x13\n\x0bverify_from\x18\x06 \x01(\r\x12\x12\n\nspan_below\x18\x07 \x01(\x02\"y\n\x0e\x44\x65\x63odeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0f\n\x07new_len\x18\x03 \x01(\r\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\r\x12\x10\n\x08verified\x18\x06 \x01(\x08\"a\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x03(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.citer.v1.SamplingParams\"D\n\x10GenerateResponse\x12\r\n\x05token\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14\x43loseSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x0e\n\x0cStatsRequest\"\xa5\x02\n\rStatsResponse\x12\x18\n\x10tokens_prefilled\x18\x01 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x04\x12\x16\n\x0e\x66orward_passes\x18\x03 \x01(\x04\x12\x15\n\rlive_sessions\x18\x04 \x01(\r\x12\x18\n\x10sessions_created\x18\x05 \x01(\x04\x12\x18\n\x10sessions_evicted\x18\x06 \x01(\x04\x12\x16\n\x0ekv_tokens_used\x18\x07 \x01(\x04\x12\x1a\n\x12kv_tokens_capacity\x18\x08 \x01(\x04\x12\x17\n\x0f\x64\x65\x63ode_requests\x18\t \x01(\x04\x12\x17\n\x0f\x64rafts_accepted\x18\n \x01(\x04\x12\x17\n\x0f\x64rafts_rejected\x18\x0b \x01(\x04*j\n\x0bSyncFailure\x12\x1c\n\x18SYNC_FAILURE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSESSION_UNKNOWN\x10\x01\x12\x13\n\x0fSESSION_EVICTED\x10\x02\x12\x13\n\x0fKNOWN_LEN_AHEAD\x10\x03\x32\xd8\x02\n\nLlmService\x12\x38\n\x07GetInfo\x12\x15.citer.v1.InfoRequest\x1a\x16.citer.v1.InfoResponse\x12?\n\x06\x44\x65\x63ode\x12\x17.citer.v1.DecodeRequest\x1a\x18.citer.v1.DecodeResponse(\x01\x30\x01\x12\x43\n\x08Generate\x12\x19.citer.v1.GenerateRequest\x1a\x1a.citer.v1.GenerateResponse0\x01\x12M\n\x0c\x43loseSession\x12\x1d.citer.v1.CloseSessionRequest\x1a\x1e.citer.v1.CloseSessionResponse\x12;\n\x08GetStats\x12\x16.citer.v1.StatsRequest\x1a\x17.citer.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'citer_protocol.v1.citer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SYNCFAILURE']._serialized_start=1065
-  _globals['_SYNCFAILURE']._serialized_end=1171
+  _globals['_SYNCFAILURE']._serialized_start=1210
+  _globals['_SYNCFAILURE']._serialized_end=1316
   _globals['_INFOREQUEST']._serialized_start=43
   _globals['_INFOREQUEST']._serialized_end=56
   _globals['_INFORESPONSE']._serialized_start=59
-  _globals['_INFORESPONSE']._serialized_end=256
-  _globals['_SAMPLINGPARAMS']._serialized_start=258
-  _globals['_SAMPLINGPARAMS']._serialized_end=324
-  _globals['_DECODEREQUEST']._serialized_start=327
-  _globals['_DECODEREQUEST']._serialized_end=461
-  _globals['_DECODERESPONSE']._serialized_start=463
-  _globals['_DECODERESPONSE']._serialized_end=548
-  _globals['_GENERATEREQUEST']._serialized_start=550
-  _globals['_GENERATEREQUEST']._serialized_end=647
-  _globals['_GENERATERESPONSE']._serialized_start=649
-  _globals['_GENERATERESPONSE']._serialized_end=717
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=719
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=760
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=762
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=801
-  _globals['_STATSREQUEST']._serialized_start=803
-  _globals['_STATSREQUEST']._serialized_end=817
-  _globals['_STATSRESPONSE']._serialized_start=820
-  _globals['_STATSRESPONSE']._serialized_end=1063
-  _globals['_LLMSERVICE']._serialized_start=1174
-  _globals['_LLMSERVICE']._serialized_end=1518
+  _globals['_INFORESPONSE']._serialized_end=274
+  _globals['_SAMPLINGPARAMS']._serialized_start=276
+  _globals['_SAMPLINGPARAMS']._serialized_end=342
+  _globals['_DECODEREQUEST']._serialized_start=345
+  _globals['_DECODEREQUEST']._serialized_end=520
+  _globals['_DECODERESPONSE']._serialized_start=522
+  _globals['_DECODERESPONSE']._serialized_end=643
+  _globals['_GENERATEREQUEST']._serialized_start=645
+  _globals['_GENERATEREQUEST']._serialized_end=742
+  _globals['_GENERATERESPONSE']._serialized_start=744
+  _globals['_GENERATERESPONSE']._serialized_end=812
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=814
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=855
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=857
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=896
+  _globals['_STATSREQUEST']._serialized_start=898
+  _globals['_STATSREQUEST']._serialized_end=912
+  _globals['_STATSRESPONSE']._serialized_start=915
+  _globals['_STATSRESPONSE']._serialized_end=1208
+  _globals['_LLMSERVICE']._serialized_start=1319
+  _globals['_LLMSERVICE']._serialized_end=1663
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_name", "tokenizer_fingerprint", "vocab_size", "max_context", "server_version", "backend", "max_request_tokens", "max_sessions")
+    __slots__ = ("model_name", "tokenizer_fingerprint", "vocab_size", "max_context", "server_version", "backend", "max_request_tokens", "max_sessions", "features")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class InfoResponse(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     tokenizer_fingerprint: str
     vocab_size: int
@@ -40,7 +41,8 @@ class InfoResponse(_message.Message):
     backend: str
     max_request_tokens: int
     max_sessions: int
-    def __init__(self, model_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., max_request_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., max_request_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "seed")
@@ -53,30 +55,38 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("session_id", "known_len", "append", "max_tokens", "sampling")
+    __slots__ = ("session_id", "known_len", "append", "max_tokens", "sampling", "verify_from", "span_below")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KNOWN_LEN_FIELD_NUMBER: _ClassVar[int]
     APPEND_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FROM_FIELD_NUMBER: _ClassVar[int]
+    SPAN_BELOW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     known_len: int
     append: _containers.RepeatedScalarFieldContainer[int]
     max_tokens: int
     sampling: SamplingParams
-    def __init__(self, session_id: _Optional[str] = ..., known_len: _Optional[int] = ..., append: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    verify_from: int
+    span_below: float
+    def __init__(self, session_id: _Optional[str] = ..., known_len: _Optional[int] = ..., append: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verify_from: _Optional[int] = ..., span_below: _Optional[float] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("tokens", "logprobs", "new_len", "finished")
+    __slots__ = ("tokens", "logprobs", "new_len", "finished", "accepted", "verified")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     NEW_LEN_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     new_len: int
     finished: bool
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., new_len: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    accepted: int
+    verified: bool
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., new_len: _Optional[int] = ..., finished: _Optional[bool] = ..., accepted: _Optional[int] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "max_tokens", "sampling")
@@ -115,7 +125,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tokens_prefilled", "tokens_generated", "forward_passes", "live_sessions", "sessions_created", "sessions_evicted", "kv_tokens_used", "kv_tokens_capacity", "decode_requests")
+    __slots__ = ("tokens_prefilled", "tokens_generated", "forward_passes", "live_sessions", "sessions_created", "sessions_evicted", "kv_tokens_used", "kv_tokens_capacity", "decode_requests", "drafts_accepted", "drafts_rejected")
     TOKENS_PREFILLED_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +135,8 @@ class StatsResponse(_message.Message):
     KV_TOKENS_USED_FIELD_NUMBER: _ClassVar[int]
     KV_TOKENS_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     DECODE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DRAFTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
     tokens_prefilled: int
     tokens_generated: int
     forward_passes: int
@@ -134,4 +146,6 @@ class StatsResponse(_message.Message):
     kv_tokens_used: int
     kv_tokens_capacity: int
     decode_requests: int
-    def __init__(self, tokens_prefilled: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., forward_passes: _Optional[int] = ..., live_sessions: _Optional[int] = ..., sessions_created: _Optional[int] = ..., sessions_evicted: _Optional[int] = ..., kv_tokens_used: _Optional[int] = ..., kv_tokens_capacity: _Optional[int] = ..., decode_requests: _Optional[int] = ...) -> None: ...
+    drafts_accepted: int
+    drafts_rejected: int
+    def __init__(self, tokens_prefilled: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., forward_passes: _Optional[int] = ..., live_sessions: _Optional[int] = ..., sessions_created: _Optional[int] = ..., sessions_evicted: _Optional[int] = ..., kv_tokens_used: _Optional[int] = ..., kv_tokens_capacity: _Optional[int] = ..., decode_requests: _Optional[int] = ..., drafts_accepted: _Optional[int] = ..., drafts_rejected: _Optional[int] = ...) -> None: ...
