@@ -14,11 +14,19 @@ shares on standard-library prompts, never on HumanEval. Policies:
   runs, since greedy answers from one model are what query routing returns.
 
 Each run appends one JSON line per problem to ``<out>/<run>.jsonl``; an
-interrupted sweep resumes where it stopped. A summary JSON, a table and the
-Pareto plot are written at the end.
+interrupted sweep resumes where it stopped. A summary JSON, a Markdown report
+(printed too), the Pareto plot and a mixing plot are written at the end.
+
+Beyond pass@1 the report compares runs problem by problem: against the two
+ends it counts what each hybrid broke (both ends right, hybrid wrong),
+rescued (only the LLM right, hybrid right), lost (only the SLM right) and
+gained (neither right), and it gives paired 95 % bootstrap CIs and exact
+McNemar p-values for each hybrid vs each end and for policies at matched
+achieved shares (citer_bench.paired).
 
     citer-bench quality --limit 20                 # a quick look
     citer-bench quality                            # the full sweep (hours on 2 cores)
+    citer-bench quality --report                   # rebuild the report from the JSON lines; runs no model
 """
 
 from __future__ import annotations
@@ -28,25 +36,27 @@ import codecs
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 from tqdm import tqdm
 
+from citer_bench import paired
 from citer_bench.curves import apgr, cpt
 from citer_bench.humaneval import Problem, check_completion, load_problems, truncate_at_stop
 from citer_bench.machine import RESULTS_DIR, machine_description
 from citer_bench.plotting import saved_axes
 from citer_edge import CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.routing.calibration import share_below, threshold_for_share
 from citer_edge.cloud.local import LocalCloud
-from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
+from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, REGISTRY, resolve_model
+from citer_edge.routing.calibration import share_below, threshold_for_share
 from citer_edge.routing.policies import CloudPolicy, ConfidencePolicy, LocalPolicy, RandomPolicy, RoutingPolicy
 from citer_edge.routing.router import RouterCard, RouterPolicy
 from citer_export.corpus import CodePrompt, sample_prompts, stdlib_function_prompts
@@ -257,25 +267,40 @@ class Sweep:
         self.pool.shutdown()
 
 
-def summarise_run(name: str, policy: str, target: float, records: list[dict], threshold: float | None) -> dict:
+def summarise_run(name: str, policy: str, target: float | None, records: list[dict], threshold: float | None) -> dict:
+    """Pass@1, achieved cloud share and what the cloud was asked to do, per generated token and per answer."""
     tokens = sum(r["tokens"] for r in records)
+    answers = len(records)
     return {
         "run": name,
         "policy": policy,
         "target_share": target,
         "threshold": threshold,
-        "problems": len(records),
-        "pass_at_1": sum(r["passed"] for r in records) / len(records) if records else 0.0,
+        "problems": answers,
+        "pass_at_1": sum(r["passed"] for r in records) / answers if answers else 0.0,
         "cloud_share": sum(r["cloud_tokens"] for r in records) / tokens if tokens else 0.0,
-        "cloud_calls_per_problem": sum(r["cloud_calls"] for r in records) / len(records) if records else 0.0,
+        "cloud_calls_per_problem": sum(r["cloud_calls"] for r in records) / answers if answers else 0.0,
+        "round_trips_per_answer": sum(round_trips(r) for r in records) / answers if answers else 0.0,
         "prefill_per_token": sum(r["tokens_sent"] for r in records) / tokens if tokens else 0.0,
         "decode_steps_per_token": sum(r["tokens_received"] for r in records) / tokens if tokens else 0.0,
         "tokens": tokens,
     }
 
 
-def query_level(slm_runs: list[dict], llm_runs: list[dict], cut: float, target: float) -> dict:
-    """Per problem, the LLM's whole answer when the SLM's probe confidence is below ``cut``."""
+def round_trips(record: dict) -> int:
+    """Network round trips one answer waited for: decode modes that batch or overlap calls record
+    ``round_trips``; until they did, every cloud call was one."""
+    value = record.get("round_trips")
+    return int(record["cloud_calls"] if value is None else value)
+
+
+def query_records(slm_runs: list[dict], llm_runs: list[dict], cut: float) -> list[dict]:
+    """Per problem, the LLM's record (answer and cost) when the SLM's probe confidence is below ``cut``, else the SLM's.
+
+    Query routing sends the prompt to the LLM and lets it write the whole
+    answer, so a problem routed there costs exactly what the LLM-only run
+    paid for it: its prompt prefill (``tokens_sent``) and every decode step.
+    """
     by_task = {r["task_id"]: r for r in llm_runs}
     chosen = []
     for slm_record in slm_runs:
@@ -283,11 +308,27 @@ def query_level(slm_runs: list[dict], llm_runs: list[dict], cut: float, target: 
         if llm_record is None:
             continue
         to_cloud = slm_record["probe_top1_mean"] < cut
-        chosen.append({**(llm_record if to_cloud else slm_record), "cloud_calls": int(to_cloud),
-                       "tokens_sent": 0, "tokens_received": 0})  # fmt: skip
-        if to_cloud:
-            chosen[-1]["tokens_received"] = llm_record["tokens"]
-    return summarise_run(f"query-{target:.2f}", "query", target, chosen, cut)
+        chosen.append({**(llm_record if to_cloud else slm_record), "policy": "query", "threshold": cut,
+                       "routed_to": "llm" if to_cloud else "slm"})  # fmt: skip
+    return chosen
+
+
+def query_level(slm_runs: list[dict], llm_runs: list[dict], cut: float, target: float) -> dict:
+    """Summary of query-level routing at ``cut``, computed exactly from the two end runs."""
+    return summarise_run(f"query-{target:.2f}", "query", target, query_records(slm_runs, llm_runs, cut), cut)
+
+
+@dataclass
+class Results:
+    """What a report is built from: finished runs' summaries, every run's per-problem outcomes, unfinished runs."""
+
+    summaries: list[dict] = field(default_factory=list)
+    outcomes: dict[str, dict[str, bool]] = field(default_factory=dict)  # run -> task_id -> passed
+    unfinished: list[dict] = field(default_factory=list)
+
+    def add(self, summary: dict, records: list[dict], finished: bool = True) -> None:
+        (self.summaries if finished else self.unfinished).append(summary)
+        self.outcomes[summary["run"]] = {r["task_id"]: bool(r["passed"]) for r in records}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,109 +346,199 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
     parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "humaneval"), help="folder for JSONL, JSON and PNG")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "humaneval"), help="folder for JSONL, JSON, MD and PNG")
     parser.add_argument(
         "--report",
+        "--report-only",
         action="store_true",
-        help="generate nothing: summarise the runs on disk, "
-        "complete ones in the curves, unfinished ones against the ends on the same problems",
+        help="run no model: rebuild summary.json, report.md and the plots from every run's JSON lines in --out "
+        "(complete runs in the curves, unfinished ones against the ends on the same problems)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 
     problems = load_problems(args.limit)
-    sweep = Sweep(args)
-    summaries: list[dict] = []
-    partial: list[dict] = []
+    out = Path(args.out)
     if args.report:
-        sweep.close()
-        calibration = json.loads((Path(args.out) / "calibration.json").read_text())
-        summaries, partial = summaries_from_disk(Path(args.out), problems, calibration, args.shares)
-        return finish(summaries, partial, args, calibration, sweep)
+        calibration = json.loads((out / "calibration.json").read_text())
+        results = results_from_disk(out, problems, calibration, args.shares)
+        return finish(results, args, calibration, machine_of_runs(out))
+
+    results = Results()
+    sweep = Sweep(args)
     try:
         calibration = sweep.calibration()
         with LocalCloud(sweep.llm_path) as cloud:
             slm_runs = sweep.run(RunSpec("slm", 0.0), problems, None)
             llm_runs = sweep.run(RunSpec("llm", 1.0), problems, cloud.address)
-            summaries += [summarise_run("slm-0.00", "slm", 0.0, slm_runs, None),
-                          summarise_run("llm-1.00", "llm", 1.0, llm_runs, None)]  # fmt: skip
+            results.add(summarise_run("slm-0.00", "slm", 0.0, slm_runs, None), slm_runs)
+            results.add(summarise_run("llm-1.00", "llm", 1.0, llm_runs, None), llm_runs)
             for share in args.shares:
                 for policy in args.policies:
                     if policy == "query":
                         cut = threshold_for_share(calibration["probe_means"], share)
-                        summaries.append(query_level(slm_runs, llm_runs, cut, share))
+                        records = query_records(slm_runs, llm_runs, cut)
+                        results.add(summarise_run(f"query-{share:.2f}", "query", share, records, cut), records)
                         continue
                     threshold = share if policy == "random" else threshold_for_share(calibration["token_top1"], share)
                     spec = RunSpec(policy, share, threshold)
                     records = sweep.run(spec, problems, cloud.address)
-                    summaries.append(summarise_run(spec.name, policy, share, records, threshold))
+                    results.add(summarise_run(spec.name, policy, share, records, threshold), records)
                 if args.router:
                     cut = RouterCard.load(Path(args.router).with_suffix(".json")).threshold_for_share(share)
                     router = str(Path(args.router).resolve())
                     spec = RunSpec("router", share, cut, router=router, label=args.router_name)
                     records = sweep.run(spec, problems, cloud.address)
-                    summaries.append(summarise_run(spec.name, spec.curve, share, records, cut))
+                    results.add(summarise_run(spec.name, spec.curve, share, records, cut), records)
     finally:
         sweep.close()
 
-    return finish(summaries, partial, args, calibration, sweep)
+    return finish(results, args, calibration, machine_description())
 
 
-def finish(summaries: list[dict], partial: list[dict], args: argparse.Namespace, calibration: dict, sweep) -> int:
-    report = build_report(summaries, args, calibration, sweep)
-    report["unfinished_runs"] = partial
-    (Path(args.out) / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_table(report)
-    for row in partial:
-        print(
-            f"unfinished {row['run']:12} {row['problems']:3d} problems: pass@1 {row['pass_at_1']:.1%} at "
-            f"{row['cloud_share']:.1%} cloud (SLM {row['slm_pass_at_1_same_problems']:.1%}, "
-            f"LLM {row['llm_pass_at_1_same_problems']:.1%} on the same problems)"
-        )
-    plot(report, Path(args.out) / "pareto.png")
+def finish(results: Results, args: argparse.Namespace, calibration: dict, machine: dict) -> int:
+    """Write summary.json, report.md and the two plots; print the report."""
+    out = Path(args.out)
+    report = build_report(results, report_settings(args, calibration, results.summaries), machine)
+    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = markdown_report(report)
+    (out / "report.md").write_text(markdown)
+    print(markdown, end="")
+    plot(report, out / "pareto.png")
+    plot_mixing(report, out / "mixing.png")
     return 0
+
+
+def machine_of_runs(out: Path) -> dict:
+    """The machine the last sweep recorded, kept when a report is rebuilt elsewhere, plus where it was rebuilt.
+
+    A rebuilt report runs no model, so describing the rebuilding machine as the
+    one that produced the numbers would misattribute them.
+    """
+    here = machine_description()
+    rebuilt = {key: here.get(key) for key in ("cpu", "git_commit", "date_utc")}
+    try:
+        previous = json.loads((out / "summary.json").read_text())["machine"]
+    except (OSError, ValueError, KeyError):
+        log.info("no earlier summary.json with a machine in %s: recording this one", out)
+        return {**here, "report_rebuilt": rebuilt}
+    return {**{k: v for k, v in previous.items() if k != "report_rebuilt"}, "report_rebuilt": rebuilt}
+
+
+def results_from_disk(out: Path, problems: list[Problem], calibration: dict, shares: list[float]) -> Results:
+    """Every run's JSON lines in ``out``: the two ends, then any other file as a hybrid run, then query routing.
+
+    Any run file but the two ends is a hybrid run whose curve its rows name
+    (``curve_of``), so runs of decode modes this module does not know, with
+    extra fields such as ``mode`` or ``round_trips``, are reported like any other.
+    """
+    wanted = {p.task_id for p in problems}
+
+    def records(path: Path) -> list[dict]:
+        return [r for r in read_jsonl(path) if r.get("task_id") in wanted]
+
+    slm_runs, llm_runs = records(out / "slm-0.00.jsonl"), records(out / "llm-1.00.jsonl")
+    if len(slm_runs) < len(wanted) or len(llm_runs) < len(wanted):
+        raise SystemExit("citer-bench: error: the SLM-only and LLM-only runs must be complete to report")
+    results = Results()
+    results.add(summarise_run("slm-0.00", "slm", 0.0, slm_runs, None), slm_runs)
+    results.add(summarise_run("llm-1.00", "llm", 1.0, llm_runs, None), llm_runs)
+    for path in sorted(out.glob("*.jsonl")):
+        run = records(path)
+        if path.stem in ("slm-0.00", "llm-1.00") or not run:
+            continue
+        first = run[0]
+        summary = summarise_run(path.stem, curve_of(first, path.stem), target_of(first, path.stem), run,
+                                first.get("threshold"))  # fmt: skip
+        done = {r["task_id"] for r in run}
+        if len(done) < len(wanted):
+            summary["slm_pass_at_1_same_problems"] = pass_rate_on(slm_runs, done)
+            summary["llm_pass_at_1_same_problems"] = pass_rate_on(llm_runs, done)
+        results.add(summary, run, finished=len(done) == len(wanted))
+    for share in shares:
+        cut = threshold_for_share(calibration["probe_means"], share)
+        chosen = query_records(slm_runs, llm_runs, cut)
+        results.add(summarise_run(f"query-{share:.2f}", "query", share, chosen, cut), chosen)
+    return results
+
+
+def pass_rate_on(records: list[dict], tasks: set[str]) -> float:
+    """Pass@1 of a run restricted to ``tasks``: an unfinished run's fair baseline."""
+    return sum(r["passed"] for r in records if r["task_id"] in tasks) / len(tasks)
 
 
 def summaries_from_disk(
     out: Path, problems: list[Problem], calibration: dict, shares: list[float]
 ) -> tuple[list[dict], list[dict]]:
     """Summaries of finished runs, and of unfinished ones with the two ends on the same problems."""
-    wanted = {p.task_id for p in problems}
-
-    def records(name: str) -> list[dict]:
-        return [r for r in read_jsonl(out / f"{name}.jsonl") if r["task_id"] in wanted]
-
-    slm_runs, llm_runs = records("slm-0.00"), records("llm-1.00")
-    if len(slm_runs) < len(wanted) or len(llm_runs) < len(wanted):
-        raise SystemExit("citer-bench: error: the SLM-only and LLM-only runs must be complete to report")
-    summaries = [summarise_run("slm-0.00", "slm", 0.0, slm_runs, None),
-                 summarise_run("llm-1.00", "llm", 1.0, llm_runs, None)]  # fmt: skip
-    partial = []
-    for path in sorted(out.glob("*.jsonl")):
-        run = records(path.stem)
-        if path.stem in ("slm-0.00", "llm-1.00") or not run:
-            continue
-        first = run[0]
-        curve = first.get("label") or first["policy"]
-        summary = summarise_run(path.stem, curve, first["target_share"], run, first["threshold"])
-        if len(run) == len(wanted):
-            summaries.append(summary)
-            continue
-        done = {r["task_id"] for r in run}
-        summary["slm_pass_at_1_same_problems"] = sum(r["passed"] for r in slm_runs if r["task_id"] in done) / len(done)
-        summary["llm_pass_at_1_same_problems"] = sum(r["passed"] for r in llm_runs if r["task_id"] in done) / len(done)
-        partial.append(summary)
-    for share in shares:
-        summaries.append(query_level(slm_runs, llm_runs, threshold_for_share(calibration["probe_means"], share), share))
-    return summaries, partial
+    results = results_from_disk(out, problems, calibration, shares)
+    return results.summaries, results.unfinished
 
 
-def build_report(summaries: list[dict], args: argparse.Namespace, calibration: dict, sweep: Sweep) -> dict:
+#: Decode modes that are the plain per-token loop: runs in them join their policy's curve.
+DEFAULT_MODES = ("", "default")
+
+
+def curve_of(record: dict, run_name: str) -> str:
+    """The curve a run belongs to: its label, else its policy (else its file name without the share),
+    with a non-default decode ``mode`` appended so that, e.g., a lossless router run is its own curve."""
+    curve = record.get("label") or record.get("policy") or re.sub(r"-\d+(\.\d+)?$", "", run_name)
+    mode = record.get("mode")
+    return f"{curve}/{mode}" if mode not in (None, *DEFAULT_MODES) else curve
+
+
+def target_of(record: dict, run_name: str) -> float | None:
+    """The run's target share from its rows, else from its file name's ``-0.30`` suffix, else unknown."""
+    if record.get("target_share") is not None:
+        return float(record["target_share"])
+    match = re.search(r"-(\d+(\.\d+)?)$", run_name)
+    return float(match.group(1)) if match else None
+
+
+def model_file_name(name: str) -> str:
+    """A model's file name from its alias or path, without downloading it: a report needs no model."""
+    return REGISTRY[name].filename if name in REGISTRY else Path(name).name
+
+
+def report_settings(args: argparse.Namespace, calibration: dict, summaries: list[dict]) -> dict:
+    return {
+        "slm": model_file_name(args.slm),
+        "llm": model_file_name(args.llm),
+        "problems": args.limit or 164,
+        "max_tokens": args.max_tokens,
+        "sampling": "greedy",
+        "prompt_format": "raw completion",
+        "calibration": calibration["settings"],
+        "calibrated_token_share_check": {
+            str(s["target_share"]): share_below(calibration["token_top1"], s["threshold"])
+            for s in summaries
+            if s["policy"] == "confidence"
+        },
+    }
+
+
+#: Curves in the order tables list them; curves not named here come after these, by name, before "query".
+CURVE_ORDER: tuple[str, ...] = ("slm", "llm", "router", "confidence", "random")
+
+
+def curve_rank(curve: str) -> tuple[int, str]:
+    if curve in CURVE_ORDER:
+        return (CURVE_ORDER.index(curve), "")
+    return (len(CURVE_ORDER) + (curve == "query"), curve)
+
+
+def run_rank(summary: dict) -> tuple:
+    return (*curve_rank(summary["policy"]), summary["cloud_share"], summary["run"])
+
+
+def build_report(results: Results, settings: dict, machine: dict) -> dict:
+    """summary.json: per-run summaries, per-curve metrics, and the paired per-problem analysis."""
+    summaries = sorted(results.summaries, key=run_rank)
     slm = next(s for s in summaries if s["policy"] == "slm")["pass_at_1"]
     llm = next(s for s in summaries if s["policy"] == "llm")["pass_at_1"]
     per_policy = {}
-    for policy in sorted({s["policy"] for s in summaries} - {"slm", "llm"}):
+    for policy in sorted({s["policy"] for s in summaries} - {"slm", "llm"}, key=curve_rank):
         points = [(s["cloud_share"], s["pass_at_1"]) for s in summaries if s["policy"] == policy]
         per_policy[policy] = (
             {"apgr": apgr(points, slm, llm), "cpt50": cpt(points, slm, llm, 0.5), "cpt80": cpt(points, slm, llm, 0.8)}
@@ -417,24 +548,61 @@ def build_report(summaries: list[dict], args: argparse.Namespace, calibration: d
         per_policy[policy]["pass_at_share"] = pass_at_shares(points, slm, llm)
     return {
         "benchmark": "humaneval-quality-vs-share",
-        "machine": machine_description(),
-        "settings": {
-            "slm": sweep.slm_path.name,
-            "llm": sweep.llm_path.name,
-            "problems": args.limit or 164,
-            "max_tokens": args.max_tokens,
-            "sampling": "greedy",
-            "prompt_format": "raw completion",
-            "calibration": calibration["settings"],
-            "calibrated_token_share_check": {
-                str(s["target_share"]): share_below(calibration["token_top1"], s["threshold"])
-                for s in summaries
-                if s["policy"] == "confidence"
-            },
-        },  # fmt: skip
+        "machine": machine,
+        "settings": settings,
         "runs": summaries,
         "policies": per_policy,
+        **paired_analysis(summaries, results),
+        "unfinished_runs": sorted(results.unfinished, key=run_rank),
     }
+
+
+def paired_analysis(summaries: list[dict], results: Results) -> dict:
+    """End categories, each hybrid run's broken/rescued/lost/gained problems, and paired comparisons.
+
+    Pass@1 alone hides how a hybrid gets there: a run can rescue LLM wins
+    while breaking problems both models solve alone (the mixing failure), and
+    HumanEval's 164 problems put ±4 points of noise on any single pass rate.
+    """
+    outcomes = results.outcomes
+    slm, llm = outcomes["slm-0.00"], outcomes["llm-1.00"]
+    categories = paired.categorise(slm, llm)
+    hybrids = [s for s in [*summaries, *results.unfinished] if s["policy"] not in ("slm", "llm")]
+    mixing = {s["run"]: paired.transitions(categories, outcomes[s["run"]]) for s in hybrids}
+    comparisons = [
+        paired.compare(s["run"], outcomes[s["run"]], end, outcomes[end], kind)
+        for s in summaries
+        if s["policy"] not in ("slm", "llm")
+        for end, kind in (("slm-0.00", "vs_slm"), ("llm-1.00", "vs_llm"))
+    ]
+    comparisons += [
+        paired.compare(a, outcomes[a], b, outcomes[b], "matched_share") for a, b in matched_share_pairs(summaries)
+    ]
+    return {
+        "end_categories": {
+            **paired.category_sizes(categories),
+            "tasks": paired.tasks_by_category(categories),
+        },
+        "mixing": mixing,
+        "paired_comparisons": [c.as_dict() for c in comparisons],
+        "paired_method": {
+            "ci": f"paired bootstrap over problems, percentile {paired.CONFIDENCE:.0%}",
+            "resamples": paired.BOOTSTRAP_RESAMPLES,
+            "seed": paired.BOOTSTRAP_SEED,
+            "test": "exact McNemar: two-sided binomial(0.5) on the problems only one run solves",
+            "matched_share": "each token-level run against the run of every other token-level curve "
+            "nearest in achieved cloud share",
+        },
+    }
+
+
+def matched_share_pairs(summaries: list[dict]) -> list[tuple[str, str]]:
+    """Token-level curves against each other at the nearest achieved share (query routing is per problem)."""
+    curves: dict[str, list[tuple[str, float]]] = {}
+    for s in summaries:
+        if s["policy"] not in ("slm", "llm", "query"):
+            curves.setdefault(s["policy"], []).append((s["run"], s["cloud_share"]))
+    return paired.nearest_share_pairs({curve: curves[curve] for curve in sorted(curves, key=curve_rank)})
 
 
 def pass_at_shares(points: list[tuple[float, float]], slm: float, llm: float) -> dict[str, float]:
@@ -448,15 +616,118 @@ def pass_at_shares(points: list[tuple[float, float]], slm: float, llm: float) ->
     return {f"{share:.2f}": float(np.interp(share, shares, passes)) for share in COMPARISON_SHARES}
 
 
-def print_table(report: dict) -> None:
-    print(f"{'run':18} {'pass@1':>7} {'share':>6} {'calls/prob':>10} {'prefill/tok':>11} {'steps/tok':>9}")
-    for s in report["runs"]:
-        print(
-            f"{s['run']:18} {s['pass_at_1']:7.1%} {s['cloud_share']:6.1%} {s['cloud_calls_per_problem']:10.1f} "
-            f"{s['prefill_per_token']:11.2f} {s['decode_steps_per_token']:9.2f}"
+# -- the printed report (report.md) ------------------------------------------
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _p_value(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown_report(report: dict) -> str:
+    """The report as Markdown: runs with their mixing counts, paired comparisons, curve metrics."""
+    settings, sizes = report["settings"], report["end_categories"]
+    lines = [
+        "# HumanEval quality vs cloud share",
+        "",
+        f"{settings['slm']} + {settings['llm']}; {settings['problems']} problems, greedy, raw completion.",
+        f"Ends: both right {sizes['both_right']}, only LLM right {sizes['only_llm_right']}, "
+        f"only SLM right {sizes['only_slm_right']}, both wrong {sizes['both_wrong']}.",
+        "",
+        *_runs_table(report["runs"], report["mixing"], sizes),
+        "",
+        "broken: both ends right, hybrid wrong. rescued: only the LLM right, hybrid right. lost SLM wins: only the "
+        "SLM right, hybrid wrong. gained: both ends wrong, hybrid right. Round trips: `round_trips` where a run "
+        "records it, else cloud calls.",
+        "",
+        "## Paired comparisons",
+        "",
+        f"Δ = pass@1(a) − pass@1(b) in points; 95 % CI from a paired bootstrap over problems "
+        f"({report['paired_method']['resamples']:,} resamples, seed {report['paired_method']['seed']}); "
+        "p: exact McNemar on the problems only one run solves.",
+        "",
+        *_comparisons_table(report["runs"], report["paired_comparisons"]),
+        "",
+        "## Curves",
+        "",
+        *_curves_table(report["policies"]),
+    ]
+    if report["unfinished_runs"]:
+        lines += ["", "## Unfinished runs", "", *_unfinished_lines(report["unfinished_runs"], report["mixing"])]
+    return "\n".join(lines) + "\n"
+
+
+def _runs_table(runs: list[dict], mixing: dict, sizes: dict) -> list[str]:
+    header = (
+        f"| run | target share | cloud share | pass@1 | broken (of {sizes['both_right']}) "
+        f"| rescued (of {sizes['only_llm_right']}) | lost SLM wins (of {sizes['only_slm_right']}) "
+        f"| gained (of {sizes['both_wrong']}) | round trips / answer | prefill tok / generated tok "
+        "| decode steps / generated tok |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in runs:
+        m = mixing.get(s["run"])
+        counts = [str(m[k]) for k in ("broken", "rescued", "lost_slm_wins", "gained")] if m else ["–"] * 4
+        lines.append(
+            f"| {s['run']} | {_pct(s['target_share'], 0)} | {_pct(s['cloud_share'])} | {_pct(s['pass_at_1'])} | "
+            f"{' | '.join(counts)} | {s['round_trips_per_answer']:.1f} | {s['prefill_per_token']:.2f} | "
+            f"{s['decode_steps_per_token']:.2f} |"
         )
-    for policy, metrics in report["policies"].items():
-        print(policy, json.dumps(metrics))
+    return lines
+
+
+def _comparisons_table(runs: list[dict], comparisons: list[dict]) -> list[str]:
+    share = {s["run"]: s["cloud_share"] for s in runs}
+    lines = [
+        "| a | b | cloud share a / b | pass@1 a / b | Δ | 95 % CI | only a right | only b right | McNemar p |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        low, high = c["ci95"]
+        lines.append(
+            f"| {c['a']} | {c['b']} | {_pct(share[c['a']])} / {_pct(share[c['b']])} | "
+            f"{_pct(c['pass_at_1_a'])} / {_pct(c['pass_at_1_b'])} | {_points(c['difference'])} | "
+            f"[{_points(low)}, {_points(high)}] | {c['only_a_right']} | {c['only_b_right']} | "
+            f"{_p_value(c['mcnemar_p'])} |"
+        )
+    return lines
+
+
+def _curves_table(policies: dict) -> list[str]:
+    shares = " / ".join(f"{100 * s:.0f}" for s in COMPARISON_SHARES)
+    lines = [f"| policy | APGR | CPT(50 %) | CPT(80 %) | pass@1 at {shares} % cloud |", "|---|---:|---:|---:|---|"]
+    for policy, metrics in policies.items():
+        at = " / ".join(_pct(v) for v in metrics["pass_at_share"].values())
+        if "apgr" not in metrics:
+            lines.append(f"| {policy} | – | – | – | {at} |")
+            continue
+        lines.append(
+            f"| {policy} | {metrics['apgr']:.2f} | {_pct(metrics['cpt50'])} | {_pct(metrics['cpt80'])} | {at} |"
+        )
+    return lines
+
+
+def _unfinished_lines(unfinished: list[dict], mixing: dict) -> list[str]:
+    lines = []
+    for row in unfinished:
+        m = mixing[row["run"]]
+        lines.append(
+            f"- {row['run']}: {row['problems']} problems, pass@1 {_pct(row['pass_at_1'])} at "
+            f"{_pct(row['cloud_share'])} cloud (SLM {_pct(row['slm_pass_at_1_same_problems'])}, LLM "
+            f"{_pct(row['llm_pass_at_1_same_problems'])} on the same problems); broken {m['broken']}, "
+            f"rescued {m['rescued']}, lost SLM wins {m['lost_slm_wins']}, gained {m['gained']}"
+        )
+    return lines
+
+
+# -- plots ---------------------------------------------------------------------
 
 
 def plot(report: dict, path: Path) -> None:
@@ -472,6 +743,34 @@ def plot(report: dict, path: Path) -> None:
             points = sorted((s["cloud_share"], s["pass_at_1"]) for s in runs if s["policy"] == policy)
             points = [(slm["cloud_share"], slm["pass_at_1"]), *points, (llm["cloud_share"], llm["pass_at_1"])]
             ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=policy)
+
+
+#: The mixing plot's bars: (count, sign, colour, legend). Wins of the mix point up, its losses down.
+MIXING_BARS: tuple[tuple[str, int, str, str], ...] = (
+    ("rescued", 1, "tab:green", "rescued (only LLM right → right)"),
+    ("gained", 1, "yellowgreen", "gained (both wrong → right)"),
+    ("broken", -1, "tab:red", "broken (both right → wrong)"),
+    ("lost_slm_wins", -1, "tab:orange", "lost SLM wins (only SLM right → wrong)"),
+)
+
+
+def plot_mixing(report: dict, path: Path) -> None:
+    """Per hybrid run, problems the mix won (up) and lost (down) against the two models alone."""
+    runs = [s for s in report["runs"] if s["run"] in report["mixing"]]
+    if not runs:
+        return
+    sizes = report["end_categories"]
+    title = (f"What mixing does per problem (ends: {sizes['only_llm_right']} only-LLM wins, "
+             f"{sizes['only_slm_right']} only-SLM wins, {sizes['both_right']} both right)")  # fmt: skip
+    x = np.arange(len(runs))
+    with saved_axes(path, "run (achieved cloud share)", "problems", title, (max(7, 0.55 * len(runs)), 4.5)) as ax:
+        bottoms = {1: np.zeros(len(runs)), -1: np.zeros(len(runs))}
+        for key, sign, colour, label in MIXING_BARS:
+            heights = sign * np.array([report["mixing"][s["run"]][key] for s in runs], dtype=float)
+            ax.bar(x, heights, bottom=bottoms[sign], color=colour, label=label, width=0.7)
+            bottoms[sign] = bottoms[sign] + heights
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, [f"{s['run']}\n({100 * s['cloud_share']:.1f}%)" for s in runs], rotation=60, fontsize=7)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,262 @@
+"""The quality report's per-problem statistics: mixing categories, paired bootstrap, McNemar, query-row costs,
+and a report rebuilt from JSON lines of runs it has never heard of, without any model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from citer_bench import paired
+from citer_bench.quality import main, query_level, results_from_disk
+
+# -- categories and transitions ---------------------------------------------------------------------------------
+
+
+def _outcomes(bits: str) -> dict[str, bool]:
+    """'1011' -> {"HumanEval/0": True, "HumanEval/1": False, ...}: a run as a string of passes."""
+    return {f"HumanEval/{i}": bit == "1" for i, bit in enumerate(bits)}
+
+
+# Ten problems:   both right 0-2, only LLM right 3-5, only SLM right 6-7, both wrong 8-9.
+SLM = _outcomes("1110001100")
+LLM = _outcomes("1111110000")
+# The hybrid breaks 1 (both right), rescues 3 and 4, loses 6 and 7, gains 9.
+HYBRID = _outcomes("1011100001")
+
+
+def test_end_categories_are_counted_exactly() -> None:
+    categories = paired.categorise(SLM, LLM)
+    assert paired.category_sizes(categories) == {"both_right": 3, "only_llm_right": 3, "only_slm_right": 2,
+                                                 "both_wrong": 2}  # fmt: skip
+    assert paired.tasks_by_category(categories)["only_slm_right"] == ["HumanEval/6", "HumanEval/7"]
+
+
+def test_transitions_count_broken_rescued_lost_and_gained() -> None:
+    mixing = paired.transitions(paired.categorise(SLM, LLM), HYBRID)
+    assert {k: mixing[k] for k in ("broken", "rescued", "lost_slm_wins", "gained")} == {
+        "broken": 1, "rescued": 2, "lost_slm_wins": 2, "gained": 1}  # fmt: skip
+    assert mixing["tasks"]["broken"] == ["HumanEval/1"]
+    assert mixing["tasks"]["rescued"] == ["HumanEval/3", "HumanEval/4"]
+
+
+def test_an_end_run_against_itself_breaks_and_gains_nothing() -> None:
+    categories = paired.categorise(SLM, LLM)
+    as_slm = paired.transitions(categories, SLM)
+    as_llm = paired.transitions(categories, LLM)
+    assert (as_slm["broken"], as_slm["rescued"], as_slm["lost_slm_wins"], as_slm["gained"]) == (0, 0, 0, 0)
+    assert (as_llm["broken"], as_llm["rescued"], as_llm["lost_slm_wins"], as_llm["gained"]) == (0, 3, 2, 0)
+
+
+def test_an_unfinished_run_is_judged_on_its_own_problems() -> None:
+    first_five = {t: HYBRID[t] for t in list(HYBRID)[:5]}
+    mixing = paired.transitions(paired.categorise(SLM, LLM), first_five)
+    assert (mixing["broken"], mixing["rescued"], mixing["lost_slm_wins"], mixing["gained"]) == (1, 2, 0, 0)
+
+
+# -- McNemar ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("only_a", "only_b", "expected"),
+    [
+        (0, 10, 2 * 0.5**10),
+        (10, 0, 2 * 0.5**10),
+        (2, 8, 2 * (1 + 10 + 45) / 2**10),
+        (5, 5, 1.0),
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+    ],
+)
+def test_mcnemar_exact_known_values(only_a: int, only_b: int, expected: float) -> None:
+    assert paired.mcnemar_exact(only_a, only_b) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_equals_the_two_sided_tail_counted_over_every_coin_sequence() -> None:
+    # Independent of the formula: enumerate all 2^n outcomes of n fair coins and count those at least as lopsided.
+    from itertools import product
+
+    for only_a, only_b in [(1, 9), (3, 8), (4, 4), (0, 7), (6, 2)]:
+        n = only_a + only_b
+        lopsided = abs(only_a - n / 2)
+        extreme = sum(abs(sum(flips) - n / 2) >= lopsided for flips in product((0, 1), repeat=n))
+        assert paired.mcnemar_exact(only_a, only_b) == pytest.approx(min(1.0, extreme / 2**n), rel=1e-12)
+
+
+# -- paired bootstrap -----------------------------------------------------------------------------------------------
+
+
+def _paired_sample(rng: np.random.Generator, n: int, only_a: float, only_b: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs on ``n`` problems: a alone right with probability only_a, b alone with only_b, else they agree."""
+    u = rng.random(n)
+    agree = rng.random(n) < 0.5
+    a = np.where(u < only_a, 1, np.where(u < only_a + only_b, 0, agree)).astype(np.int8)
+    b = np.where(u < only_a, 0, np.where(u < only_a + only_b, 1, agree)).astype(np.int8)
+    return a, b
+
+
+def test_bootstrap_ci_is_deterministic_with_its_seed() -> None:
+    a, b = _paired_sample(np.random.default_rng(1), 164, 0.15, 0.05)
+    assert paired.bootstrap_difference_ci(a, b) == paired.bootstrap_difference_ci(a, b)
+    # With few resamples the percentiles depend visibly on the seed: the seed, not chance, fixes the interval.
+    few = {seed: paired.bootstrap_difference_ci(a, b, resamples=40, seed=seed) for seed in (1, 2, 3)}
+    assert len(set(few.values())) > 1
+
+
+def test_bootstrap_ci_covers_the_true_difference_on_a_constructed_case() -> None:
+    # True difference 0.15 - 0.05 = +0.10; on 164 problems the interval must hold it and exclude 0.
+    a, b = _paired_sample(np.random.default_rng(1), 164, 0.15, 0.05)
+    low, high = paired.bootstrap_difference_ci(a, b)
+    assert low < a.mean() - b.mean() < high
+    assert 0.0 < low < 0.10 < high
+
+
+def test_bootstrap_ci_covers_the_true_difference_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(100):
+        a, b = _paired_sample(rng, 164, 0.12, 0.06)
+        low, high = paired.bootstrap_difference_ci(a, b, resamples=1000, seed=trial)
+        covered += low <= 0.06 <= high
+    assert 88 <= covered <= 100
+
+
+def test_identical_runs_have_a_zero_width_interval_and_p_one() -> None:
+    result = paired.compare("a", HYBRID, "b", HYBRID, "matched_share")
+    assert (result.difference, result.ci_low, result.ci_high, result.mcnemar_p) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_compare_counts_discordant_problems_on_shared_tasks() -> None:
+    result = paired.compare("hybrid", HYBRID, "slm", SLM, "vs_slm")
+    # hybrid alone right: 3, 4, 9; SLM alone right: 1, 6, 7.
+    assert (result.only_a_right, result.only_b_right, result.problems) == (3, 3, 10)
+    assert result.difference == pytest.approx(0.0)
+
+
+def test_runs_are_matched_at_the_nearest_achieved_share() -> None:
+    pairs = paired.nearest_share_pairs(
+        {
+            "router": [("router-0.20", 0.086), ("router-0.50", 0.277)],
+            "random": [("random-0.10", 0.055), ("random-0.30", 0.209), ("random-0.50", 0.412)],
+        }
+    )
+    assert pairs == [("router-0.20", "random-0.10"), ("router-0.50", "random-0.30"), ("router-0.50", "random-0.50")]
+
+
+# -- query-level rows -----------------------------------------------------------------------------------------------
+
+
+def _row(task: str, passed: bool, tokens: int, probe: float | None, cloud: bool, prompt: int = 0) -> dict:
+    return {"task_id": task, "passed": passed, "tokens": tokens, "cloud_tokens": tokens if cloud else 0,
+            "cloud_calls": int(cloud), "tokens_sent": prompt if cloud else 0, "tokens_received": tokens if cloud else 0,
+            "probe_top1_mean": probe}  # fmt: skip
+
+
+def test_query_rows_cost_what_the_llm_paid_for_the_answers_it_wrote() -> None:
+    slm = [_row("a", False, 10, 0.5, False), _row("b", True, 30, 0.9, False)]
+    llm = [_row("a", True, 20, None, True, prompt=100), _row("b", True, 40, None, True, prompt=120)]
+    summary = query_level(slm, llm, cut=0.7, target=0.5)
+    # "a" went to the LLM: its 100-token prompt prefilled, its 20 tokens decoded, one call; "b" stayed local.
+    assert summary["prefill_per_token"] == pytest.approx(100 / 50)
+    assert summary["decode_steps_per_token"] == pytest.approx(20 / 50)
+    assert summary["cloud_calls_per_problem"] == 0.5 and summary["round_trips_per_answer"] == 0.5
+    assert summary["cloud_share"] == pytest.approx(20 / 50) and summary["pass_at_1"] == 1.0
+
+
+# -- the report rebuilt from disk ----------------------------------------------------------------------------------
+
+
+def _write_run(folder: Path, name: str, passes: str, cloud: int, **extra: object) -> None:
+    rows = [{"task_id": f"HumanEval/{i}", "passed": bit == "1", "tokens": 10, "cloud_tokens": cloud,
+             "cloud_calls": cloud, "tokens_sent": 3 * cloud, "tokens_received": cloud, "probe_top1_mean": 0.2 * i,
+             **extra} for i, bit in enumerate(passes)]  # fmt: skip
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _disk(tmp_path: Path) -> Path:
+    _write_run(tmp_path, "slm-0.00", "1100", 0, policy="slm", target_share=0.0, threshold=None)
+    _write_run(tmp_path, "llm-1.00", "1010", 10, policy="llm", target_share=1.0, threshold=None)
+    _write_run(tmp_path, "router-0.30", "0110", 2, policy="router", label="router", target_share=0.3, threshold=0.4)
+    # A decode mode this module has never heard of: unknown name, extra fields, no target_share in its rows.
+    _write_run(tmp_path, "router-lossless-0.30", "1010", 3, policy="router", mode="lossless", round_trips=1,
+               threshold=0.4, verified_tokens=[1, 2])  # fmt: skip
+    calibration = {"settings": {"source": "test"}, "token_top1": [0.5, 0.9], "probe_means": [0.1, 0.3, 0.5, 0.7, 0.9]}
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration))
+    return tmp_path
+
+
+def test_report_takes_any_run_file_as_a_hybrid_run(tmp_path: Path) -> None:
+    from citer_bench.humaneval import Problem
+
+    problems = [Problem(f"HumanEval/{i}", "p", "t", "f") for i in range(4)]
+    calibration = json.loads((_disk(tmp_path) / "calibration.json").read_text())
+    results = results_from_disk(tmp_path, problems, calibration, [0.2])
+    by_run = {s["run"]: s for s in results.summaries}
+    lossless = by_run["router-lossless-0.30"]
+    assert lossless["policy"] == "router/lossless" and lossless["target_share"] == 0.3
+    assert lossless["round_trips_per_answer"] == 1.0 and lossless["cloud_calls_per_problem"] == 3.0
+    assert by_run["router-0.30"]["round_trips_per_answer"] == 2.0  # no round_trips field: cloud calls
+
+
+def test_report_only_rebuilds_summary_markdown_and_plots_without_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import citer_bench.quality as quality
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a report must not load or download a model")
+
+    monkeypatch.setattr(quality, "resolve_model", no_model)
+    monkeypatch.setattr(quality, "LocalModel", no_model)
+    assert main(["--report-only", "--out", str(_disk(tmp_path)), "--limit", "4", "--shares", "0.2"]) == 0
+
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert {k: report["end_categories"][k] for k in paired.CATEGORIES} == {
+        "both_right": 1, "only_llm_right": 1, "only_slm_right": 1, "both_wrong": 1}  # fmt: skip
+    # router-0.30 "0110": 0 both right -> wrong (broken); 1 only SLM right -> right (kept);
+    # 2 only LLM right -> right (rescued); 3 both wrong -> wrong.
+    mixing = report["mixing"]["router-0.30"]
+    assert (mixing["broken"], mixing["rescued"], mixing["lost_slm_wins"], mixing["gained"]) == (1, 1, 0, 0)
+    kinds = {(c["a"], c["b"]): c["kind"] for c in report["paired_comparisons"]}
+    assert kinds[("router-0.30", "slm-0.00")] == "vs_slm" and kinds[("router-0.30", "llm-1.00")] == "vs_llm"
+    assert kinds[("router-0.30", "router-lossless-0.30")] == "matched_share"  # an unknown mode is its own curve
+    markdown = (tmp_path / "report.md").read_text()
+    assert "broken (of 1)" in markdown and "| router-lossless-0.30 |" in markdown
+    assert markdown in capsys.readouterr().out
+    assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "mixing.png").stat().st_size > 0
+
+
+def test_a_sweep_reports_the_runs_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep path hands its records to the same report; models and the cloud are faked here."""
+    import contextlib
+
+    import citer_bench.quality as quality
+
+    _disk(tmp_path)
+    on_disk = {path.stem: quality.read_jsonl(path) for path in tmp_path.glob("*.jsonl")}
+
+    class FakeSweep:
+        def __init__(self, args: object) -> None:
+            self.llm_path = Path("llm.gguf")
+
+        def calibration(self) -> dict:
+            return json.loads((tmp_path / "calibration.json").read_text())
+
+        def run(self, spec: quality.RunSpec, problems: list, cloud_address: str | None) -> list[dict]:
+            return on_disk["router-0.30" if spec.policy == "confidence" else spec.name]
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(quality, "Sweep", FakeSweep)
+    monkeypatch.setattr(quality, "LocalCloud", lambda path: contextlib.nullcontext(type("Cloud", (), {"address": ""})))
+    argv = ["--out", str(tmp_path), "--limit", "4", "--shares", "0.3", "--policies", "confidence", "query"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["run"] for r in report["runs"]] == ["slm-0.00", "llm-1.00", "confidence-0.30", "query-0.30"]
+    assert report["mixing"]["confidence-0.30"]["broken"] == 1
+    assert "| confidence-0.30 |" in capsys.readouterr().out
