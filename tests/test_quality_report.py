@@ -246,7 +246,7 @@ def test_a_sweep_reports_the_runs_it_made(
         def calibration(self) -> dict:
             return json.loads((tmp_path / "calibration.json").read_text())
 
-        def run(self, spec: quality.RunSpec, problems: list, cloud_address: str | None) -> list[dict]:
+        def run(self, spec: quality.RunSpec, problems: list, cloud_address: str | None, llm: object = None) -> list:
             return on_disk["router-0.30" if spec.policy == "confidence" else spec.name]
 
         def close(self) -> None:
@@ -260,3 +260,169 @@ def test_a_sweep_reports_the_runs_it_made(
     assert [r["run"] for r in report["runs"]] == ["slm-0.00", "llm-1.00", "confidence-0.30", "query-0.30"]
     assert report["mixing"]["confidence-0.30"]["broken"] == 1
     assert "| confidence-0.30 |" in capsys.readouterr().out
+
+
+# -- decode modes: run specs, options, rows, and their report --------------------------------------------------------
+
+
+def test_run_names_carry_the_mode_and_its_settings() -> None:
+    from citer_bench.quality import RunSpec
+
+    assert RunSpec("router", 0.3, 0.4).name == "router-0.30"
+    assert RunSpec("router", 0.3, 0.4, lossless=True).name == "router-0.30-lossless"
+    assert RunSpec("router", 0.3, 0.4, lossless=True, max_draft=8).name == "router-0.30-lossless8"
+    assert RunSpec("router", 0.2, 0.6, span_below=0.9, tokens_per_call=8).name == "router-0.20-span8-tau0.90"
+    assert RunSpec("confidence", 0.3, 0.5, tokens_per_call=4).name == "confidence-0.30-n4"
+    assert RunSpec("router", 0.3, 0.4, overlap=True).name == "router-0.30-overlap"
+    assert RunSpec("router", 0.3, 0.4, label="router-r1", lossless=True, overlap=True).name == (
+        "router-r1-0.30-lossless-overlap"
+    )
+    draft = RunSpec("draft", None, lossless=True, max_draft=4)
+    assert draft.name == "draft-k4"
+    assert draft.decode_options["lossless"] is True and draft.decode_options["max_draft"] == 4
+    assert RunSpec("draft", None, max_draft=8).decode_options["lossless"] is True  # draft is lossless by definition
+    assert type(draft.make_policy(896)).__name__ == "LocalPolicy"
+
+
+def _modes(*argv: str) -> list[dict[str, object]]:
+    import argparse
+
+    from citer_bench.quality import DEFAULT_MAX_DRAFT, decode_modes
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", nargs="+", default=["blocking"])
+    parser.add_argument("--max-draft", type=int, nargs="+", default=[DEFAULT_MAX_DRAFT])
+    parser.add_argument("--tokens-per-call", type=int, default=None)
+    parser.add_argument("--span-below", type=float, default=None)
+    parser.add_argument("--policies", nargs="*", default=[])
+    return decode_modes(parser, parser.parse_args(argv))
+
+
+def test_mode_options_map_onto_the_generator_arguments() -> None:
+    assert _modes() == [{"overlap": False, "span_below": 0.0, "tokens_per_call": 1}]
+    assert _modes("--mode", "span") == [{"overlap": False, "span_below": 0.5, "tokens_per_call": 8}]
+    assert _modes("--mode", "span", "--tokens-per-call", "4", "--span-below", "0.9")[0]["span_below"] == 0.9
+    lossless = _modes("--mode", "lossless", "overlap", "--max-draft", "4", "8")
+    assert [(m["lossless"], m["max_draft"], m["overlap"]) for m in lossless] == [(True, 4, True), (True, 8, True)]
+    assert _modes("--policies", "draft", "--max-draft", "4", "8") == [
+        {"overlap": False, "span_below": 0.0, "tokens_per_call": 1}]  # fmt: skip
+    for bad in (["--mode", "blocking", "lossless"], ["--span-below", "0.5"], ["--max-draft", "4"],
+                ["--mode", "span", "--span-below", "0"], ["--tokens-per-call", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            _modes(*bad)
+
+
+def test_a_resumed_run_must_have_the_same_settings(tmp_path: Path) -> None:
+    from citer_bench.quality import RunSpec, check_resumable
+
+    spec = RunSpec("router", 0.2, 0.6, span_below=0.9, tokens_per_call=8)
+    path = tmp_path / f"{spec.name}.jsonl"
+    check_resumable(spec, path)  # nothing yet
+    path.write_text(json.dumps({"task_id": "HumanEval/0", **spec.__dict__}) + "\n")
+    check_resumable(spec, path)
+    with pytest.raises(SystemExit, match="other settings"):
+        check_resumable(RunSpec("router", 0.2, 0.55, span_below=0.9, tokens_per_call=8), path)
+
+
+def test_rows_record_the_mode_round_trips_drafts_and_the_generator_gets_the_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import citer_bench.quality as quality
+    from citer_edge.decode import GeneratedToken, GenerationSummary
+
+    seen: dict[str, object] = {}
+
+    class FakeModel:
+        def reset(self) -> None:
+            pass
+
+        def tokenize(self, text: str) -> list[int]:
+            return [1, 2]
+
+    class FakeGenerator:
+        def __init__(self, slm: object, policy: object, cloud: object, **options: object) -> None:
+            seen.update(options)
+
+        def stream(self, prompt: list[int], max_tokens: int, sampling: object) -> object:
+            summary = GenerationSummary(policy="local", tokens=2, cloud_tokens=1, cloud_calls=3, mode="lossless",
+                                        drafts_accepted=5, drafts_rejected=2)  # fmt: skip
+            tokens = [GeneratedToken(7, "    return 1\n", "slm", 0.1, 0.9), GeneratedToken(8, "\ndef", "llm", 0.1, 0.5)]
+
+            class Stream:
+                def __init__(self) -> None:
+                    self.summary = summary
+
+                def __iter__(self):  # type: ignore[no-untyped-def]
+                    return iter(tokens)
+
+            return Stream()
+
+    monkeypatch.setattr(quality, "HybridGenerator", FakeGenerator)
+    spec = quality.RunSpec("draft", None, max_draft=4)
+    row = quality.complete(FakeModel(), "def f():\n", spec.make_policy(896), None, 16, spec.decode_options)  # type: ignore[arg-type]
+    assert seen == {"lossless": True, "max_draft": 4, "overlap": False, "span_below": 0.0, "tokens_per_call": 1}
+    assert row["completion"] == "    return 1\n" and row["stopped"] is True
+    assert (row["mode"], row["round_trips"], row["drafts_accepted"], row["drafts_rejected"]) == ("lossless", 3, 5, 2)
+
+
+def test_modes_join_their_curve_only_when_they_are_the_plain_loop() -> None:
+    from citer_bench.quality import curve_of, curve_rank
+
+    assert curve_of({"policy": "router", "label": "router", "mode": "blocking"}, "router-0.30") == "router"
+    assert curve_of({"policy": "router", "label": "router", "mode": "blocking+span"}, "x") == "router/span"
+    assert curve_of({"policy": "router", "mode": "lossless+overlap"}, "x") == "router/lossless+overlap"
+    assert curve_of({"policy": "draft", "mode": "lossless"}, "draft-k4") == "draft/lossless"
+    assert curve_rank("router") < curve_rank("router/span") < curve_rank("confidence") < curve_rank("query")
+
+
+def _mode_rows(folder: Path, name: str, completions: list[str], passes: str, trips: list[int], **extra: object) -> None:
+    rows = [{"task_id": f"HumanEval/{i}", "passed": bit == "1", "completion": text, "tokens": 10, "cloud_tokens": 2,
+             "cloud_calls": trips[i], "round_trips": trips[i], "tokens_sent": 10, "tokens_received": 2,
+             "probe_top1_mean": 0.5, **extra}
+            for i, (text, bit) in enumerate(zip(completions, passes, strict=True))]  # fmt: skip
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_lossless_runs_are_compared_on_the_problems_all_of_them_answered(tmp_path: Path) -> None:
+    from citer_bench.humaneval import Problem
+    from citer_bench.quality import build_report, markdown_report
+
+    llm = ["a", "b", "c", "d"]
+    _mode_rows(tmp_path, "slm-0.00", ["a", "x", "c", "y"], "1010", [0] * 4, policy="slm", target_share=0.0)
+    _mode_rows(tmp_path, "llm-1.00", llm, "1100", [1] * 4, policy="llm", target_share=1.0)
+    # the router in lossless mode on all four problems (one near-tie flip on problem 3), draft-4 on the first two
+    _mode_rows(tmp_path, "router-0.30-lossless", ["a", "b", "c", "z"], "1100", [2, 4, 3, 5], policy="router",
+               label="router", target_share=0.3, mode="lossless", max_draft=16, drafts_accepted=8,
+               drafts_rejected=2)  # fmt: skip
+    _mode_rows(tmp_path, "draft-k4", ["a", "b"], "11", [3, 5], policy="draft", target_share=None, mode="lossless",
+               max_draft=4, equals_llm=True, drafts_accepted=7, drafts_rejected=3)  # fmt: skip
+    # the plain loop's rows say "blocking": still the router curve; span is a curve of its own
+    _mode_rows(tmp_path, "router-0.20-span8-tau0.90", ["a", "q", "c", "d"], "1011", [1, 1, 2, 1], policy="router",
+               label="router", target_share=0.2, mode="blocking+span", tokens_per_call=8,
+               span_below=0.9)  # fmt: skip
+    _mode_rows(tmp_path, "router-0.30", ["a", "q", "c", "r"], "1010", [2, 2, 2, 2], policy="router",
+               label="router", target_share=0.3, mode="blocking")  # fmt: skip
+    problems = [Problem(f"HumanEval/{i}", "p", "t", "f") for i in range(4)]
+    results = results_from_disk(tmp_path, problems, {"probe_means": [0.1, 0.9]}, [])
+    by_run = {s["run"]: s for s in [*results.summaries, *results.unfinished]}
+    assert by_run["router-0.30"]["policy"] == "router" and by_run["router-0.30"]["mode"] == ""
+    span = by_run["router-0.20-span8-tau0.90"]
+    assert span["policy"] == "router/span" and span["mode"] == "span" and span["equals_llm"] == 3
+    assert span["settings"] == {"tokens_per_call": 8, "span_below": 0.9}
+    assert span["cloud_tokens_per_round_trip"] == pytest.approx(8 / 5)
+    lossless = by_run["router-0.30-lossless"]
+    assert lossless["equals_llm"] == 3 and lossless["equals_llm_of"] == 4  # filled in from the completions
+    assert lossless["draft_acceptance"] == pytest.approx(32 / 40)
+    assert [s["run"] for s in results.unfinished] == ["draft-k4"]
+
+    report = build_report(results, {"slm": "s", "llm": "l", "problems": 4}, {})
+    equal = report["lossless_at_equal_output"]
+    assert equal["problems"] == 2 and equal["tasks"] == ["HumanEval/0", "HumanEval/1"]
+    rows = {row["run"]: row for row in equal["runs"]}
+    assert rows["router-0.30-lossless"]["round_trips_per_answer"] == 3.0
+    assert rows["draft-k4"]["round_trips_per_answer"] == 4.0
+    assert rows["router-0.30-lossless"]["equals_llm"] == 2 and equal["llm_pass_at_1"] == 1.0
+    markdown = markdown_report(report)
+    assert "## Decode modes" in markdown and "### Lossless at equal output" in markdown
+    assert "| router-0.20-span8-tau0.90 | span | span below 0.9, ≤8 tok/call |" in markdown
+    assert "| draft-k4 | lossless | max_draft 4 | 2 |" in markdown and "= LLM 2/2" in markdown

@@ -12,6 +12,20 @@ shares on standard-library prompts, never on HumanEval. Policies:
 - ``query``: one model per problem, chosen by the SLM's mean top-1 probability
   over its first tokens (RouteLLM-style); computed exactly from the two end
   runs, since greedy answers from one model are what query routing returns.
+- ``draft``: classic draft-k speculative decoding: the SLM drafts, the LLM
+  verifies every ``--max-draft`` k drafts (``LocalPolicy`` in lossless mode),
+  so the answer is the LLM's greedy one; one run per k, no share.
+
+``--mode`` runs the token-level policies (and the router) in the decoder's
+other modes (citer_edge/decode.py): ``lossless`` (SLM tokens are drafts the
+LLM verifies at routed positions, every ``--max-draft`` drafts and at the end:
+the LLM's greedy output), ``span`` (a cloud turn goes on for up to
+``--tokens-per-call`` tokens while the LLM's own top-1 is below
+``--span-below``), ``overlap`` (the SLM decodes while a call is in flight);
+``lossless``, ``span`` and ``overlap`` combine. The run's name carries the mode
+(``router-0.20-span8-tau0.90``, ``router-0.30-lossless``, ``draft-k4``), and
+its rows carry ``mode``, ``round_trips``, the drafts accepted and rejected and
+``equals_llm`` (the completion is the LLM-only run's, character for character).
 
 Each run appends one JSON line per problem to ``<out>/<run>.jsonl``; an
 interrupted sweep resumes where it stopped. A summary JSON, a Markdown report
@@ -27,6 +41,8 @@ achieved shares (citer_bench.paired).
     citer-bench quality --limit 20                 # a quick look
     citer-bench quality                            # the full sweep (hours on 2 cores)
     citer-bench quality --report                   # rebuild the report from the JSON lines; runs no model
+    citer-bench quality --policies --router R.onnx --shares 0.2 --mode span --tokens-per-call 8 --span-below 0.9
+    citer-bench quality --policies draft --max-draft 4 8 --limit 40
 """
 
 from __future__ import annotations
@@ -67,15 +83,23 @@ log = logging.getLogger("citer_bench.quality")
 COMPARISON_SHARES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
 PROBE_TOKENS = 16  # query-level routing looks at the SLM's first 16 tokens
 TOKEN_POLICIES = ("random", "confidence")
+MODES = ("blocking", "lossless", "span", "overlap")
+DEFAULT_MAX_DRAFT = 16  # HybridGenerator's default
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    policy: str  # slm | llm | random | confidence | router
-    target_share: float
+    policy: str  # slm | llm | random | confidence | router | draft
+    target_share: float | None
     threshold: float | None = None  # confidence cut, random probability or router P(critical) cut
     router: str | None = None  # router.onnx, for policy "router"
     label: str | None = None  # the curve's name where one policy is swept twice (two router rounds)
+    # decode mode (HybridGenerator's arguments); the defaults are the plain per-token loop
+    lossless: bool = False
+    max_draft: int = DEFAULT_MAX_DRAFT
+    overlap: bool = False
+    span_below: float = 0.0
+    tokens_per_call: int = 1
 
     @property
     def curve(self) -> str:
@@ -83,10 +107,31 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.curve}-{self.target_share:.2f}"
+        """``router-0.30``, with the mode appended where it is not the plain loop: ``router-0.30-lossless``,
+        ``router-0.20-span8-tau0.90``, ``draft-k4`` (draft is lossless by definition)."""
+        if self.policy == "draft":
+            base, parts = f"draft-k{self.max_draft}", []
+        else:
+            base = f"{self.curve}-{self.target_share:.2f}"
+            bound = "" if self.max_draft == DEFAULT_MAX_DRAFT else str(self.max_draft)
+            parts = [f"lossless{bound}"] if self.lossless else []
+        if self.span_below > 0:
+            parts.append(f"span{self.tokens_per_call}-tau{self.span_below:.2f}")
+        elif self.tokens_per_call > 1:
+            parts.append(f"n{self.tokens_per_call}")
+        if self.overlap:
+            parts.append("overlap")
+        return "-".join([base, *parts])
+
+    @property
+    def decode_options(self) -> dict[str, object]:
+        """HybridGenerator's mode arguments for this run."""
+        return {"lossless": self.lossless or self.policy == "draft", "max_draft": self.max_draft,
+                "overlap": self.overlap, "span_below": self.span_below,
+                "tokens_per_call": self.tokens_per_call}  # fmt: skip
 
     def make_policy(self, hidden_size: int) -> RoutingPolicy:
-        if self.policy == "slm":
+        if self.policy in ("slm", "draft"):
             return LocalPolicy()
         if self.policy == "llm":
             return CloudPolicy()
@@ -113,14 +158,23 @@ def _init_worker(slm_path: str, n_threads: int) -> None:
 
 
 def complete(
-    slm: LocalModel, prompt: str, policy: RoutingPolicy, cloud_address: str | None, max_tokens: int
+    slm: LocalModel,
+    prompt: str,
+    policy: RoutingPolicy,
+    cloud_address: str | None,
+    max_tokens: int,
+    decode_options: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """Generate one raw completion until a stop sequence; report what it cost."""
+    """Generate one raw completion until a stop sequence; report what it cost.
+
+    ``decode_options`` are HybridGenerator's mode arguments (lossless, max_draft, overlap, span_below,
+    tokens_per_call); none: the plain per-token loop.
+    """
     slm.reset()  # every problem starts cold: results never depend on the order problems ran in
     cloud = CloudSession(cloud_address, slm.fingerprint, timeout_s=60) if cloud_address else None
     started = time.perf_counter()
     try:
-        generator = HybridGenerator(slm, policy, cloud)
+        generator = HybridGenerator(slm, policy, cloud, **(decode_options or {}))  # type: ignore[arg-type]
         stream = generator.stream(slm.tokenize(prompt), max_tokens=max_tokens, sampling=SamplingSettings())
         text, stopped, top1 = "", False, []
         for token in stream:
@@ -146,6 +200,15 @@ def complete(
         "probe_top1_mean": sum(probe) / len(probe) if probe else 1.0,
         "top1": [round(p, 5) for p in top1],
         "elapsed_s": round(time.perf_counter() - started, 3),
+        # the decode mode and what it did: every answered call is one network round trip
+        "mode": summary.mode,
+        "round_trips": summary.cloud_calls,
+        "drafts_accepted": summary.drafts_accepted,
+        "drafts_rejected": summary.drafts_rejected,
+        "unverified_tokens": summary.unverified_tokens,
+        "overlap_kept": summary.overlap_kept,
+        "overlap_discarded": summary.overlap_discarded,
+        "cloud_wait_s": round(summary.cloud_wait_s, 3),
     }
 
 
@@ -182,9 +245,8 @@ def _solve(spec: RunSpec, problem: Problem, cloud_address: str | None, max_token
         assert cloud_address is not None
         record = complete_llm_only(_worker_slm, problem.prompt, cloud_address, max_tokens)
     else:
-        record = complete(
-            _worker_slm, problem.prompt, spec.make_policy(_worker_slm.hidden_size), cloud_address, max_tokens
-        )
+        policy = spec.make_policy(_worker_slm.hidden_size)
+        record = complete(_worker_slm, problem.prompt, policy, cloud_address, max_tokens, spec.decode_options)
     outcome = check_completion(problem, str(record["completion"]))
     return {"task_id": problem.task_id, "run": spec.name, **asdict(spec), **record,
             "passed": outcome.passed, "reason": outcome.reason}  # fmt: skip
@@ -224,7 +286,7 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         self.slm_path = resolve_model(args.slm)
         self.llm_path = resolve_model(args.llm)
-        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
         self.pool = ProcessPoolExecutor(
             max_workers=args.workers, initializer=_init_worker, initargs=(str(self.slm_path), threads)
         )
@@ -253,18 +315,38 @@ class Sweep:
         path.write_text(json.dumps(calibration))
         return calibration
 
-    def run(self, spec: RunSpec, problems: list[Problem], cloud_address: str | None) -> list[dict]:
+    def run(
+        self, spec: RunSpec, problems: list[Problem], cloud_address: str | None, llm: list[dict] | None = None
+    ) -> list[dict]:
+        """Solve the problems ``spec`` has not answered yet, appending each record; ``llm``: the LLM-only
+        run's records, to mark each hybrid answer ``equals_llm``."""
         path = self.out / f"{spec.name}.jsonl"
+        check_resumable(spec, path)
         todo = pending(problems, path)
+        reference = {r["task_id"]: r["completion"] for r in llm or [] if "completion" in r}
         with path.open("a") as sink:
             for record in self.map(_solve, [(spec, p, cloud_address, self.args.max_tokens) for p in todo], spec.name):
+                if record["task_id"] in reference:
+                    record["equals_llm"] = record["completion"] == reference[record["task_id"]]
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
         wanted = {p.task_id for p in problems}
-        return [r for r in read_jsonl(path) if r["task_id"] in wanted]
+        return mark_equals_llm([r for r in read_jsonl(path) if r["task_id"] in wanted], llm or [])
 
     def close(self) -> None:
         self.pool.shutdown()
+
+
+def check_resumable(spec: RunSpec, path: Path) -> None:
+    """Refuse to append to a run file whose rows were made with other settings (a resumed run must be one run)."""
+    rows = read_jsonl(path)
+    if not rows:
+        return
+    wanted = asdict(spec)
+    differing = {key: (rows[0].get(key), value) for key, value in wanted.items()
+                 if key in rows[0] and rows[0][key] != value and key != "router"}  # fmt: skip
+    if differing:
+        raise SystemExit(f"citer-bench: error: {path} holds a run with other settings (row vs now): {differing}")
 
 
 def summarise_run(name: str, policy: str, target: float | None, records: list[dict], threshold: float | None) -> dict:
@@ -284,7 +366,32 @@ def summarise_run(name: str, policy: str, target: float | None, records: list[di
         "prefill_per_token": sum(r["tokens_sent"] for r in records) / tokens if tokens else 0.0,
         "decode_steps_per_token": sum(r["tokens_received"] for r in records) / tokens if tokens else 0.0,
         "tokens": tokens,
+        **mode_summary(records),
     }
+
+
+def mode_summary(records: list[dict]) -> dict:
+    """The decode mode of a run's rows and what it did: drafts, the cloud tokens per round trip, equals_llm."""
+    first = records[0] if records else {}
+    trips = sum(round_trips(r) for r in records)
+    accepted = sum(int(r.get("drafts_accepted") or 0) for r in records)
+    rejected = sum(int(r.get("drafts_rejected") or 0) for r in records)
+    equal = [r["equals_llm"] for r in records if r.get("equals_llm") is not None]
+    return {
+        "mode": mode_label(first.get("mode")),
+        "settings": {key: first[key] for key in ("max_draft", "tokens_per_call", "span_below") if key in first},
+        "cloud_tokens_per_round_trip": sum(r["cloud_tokens"] for r in records) / trips if trips else 0.0,
+        "drafts_accepted": accepted,
+        "drafts_rejected": rejected,
+        "draft_acceptance": accepted / (accepted + rejected) if accepted + rejected else None,
+        "equals_llm": sum(bool(e) for e in equal) if equal else None,
+        "equals_llm_of": len(equal),
+    }
+
+
+def mode_label(mode: str | None) -> str:
+    """A row's decode mode without the plain loop's name: "blocking+span" -> "span", "blocking" -> ""."""
+    return "+".join(part for part in (mode or "").split("+") if part not in DEFAULT_MODES)
 
 
 def round_trips(record: dict) -> int:
@@ -325,10 +432,16 @@ class Results:
     summaries: list[dict] = field(default_factory=list)
     outcomes: dict[str, dict[str, bool]] = field(default_factory=dict)  # run -> task_id -> passed
     unfinished: list[dict] = field(default_factory=list)
+    costs: dict[str, dict[str, dict]] = field(default_factory=dict)  # run -> task_id -> round trips, equals_llm
 
     def add(self, summary: dict, records: list[dict], finished: bool = True) -> None:
         (self.summaries if finished else self.unfinished).append(summary)
         self.outcomes[summary["run"]] = {r["task_id"]: bool(r["passed"]) for r in records}
+        self.costs[summary["run"]] = {
+            r["task_id"]: {"round_trips": round_trips(r), "equals_llm": r.get("equals_llm"), "tokens": r["tokens"],
+                           "cloud_tokens": r["cloud_tokens"]}
+            for r in records
+        }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,14 +451,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slm", default=DEFAULT_SLM)
     parser.add_argument("--llm", default=DEFAULT_LLM)
     parser.add_argument("--limit", type=int, default=None, help="first N HumanEval problems (default: all 164)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first K of those problems (runs only): --limit 82 and --skip 82 "
+                             "split one run over two invocations (give the second its own --out, with copies of "
+                             "the end runs and calibration.json, and append its lines afterwards)")  # fmt: skip
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5], help="target cloud shares")
     parser.add_argument("--policies", nargs="*", default=["random", "confidence", "query"],
-                        choices=["random", "confidence", "query"], help="policies between the two ends")  # fmt: skip
+                        choices=["random", "confidence", "query", "draft"],
+                        help="policies between the two ends (draft: draft-k speculative decoding, one run per "
+                             "--max-draft k, lossless by definition)")  # fmt: skip
     parser.add_argument("--router", help="a trained router.onnx to sweep too (its card's calibration sets the cuts)")
     parser.add_argument("--router-name", default="router", help="its curve's name, e.g. router-r1 for a first round")
+    parser.add_argument("--mode", nargs="+", default=["blocking"], choices=MODES,
+                        help="decode mode of the random, confidence and router runs (draft runs add it to lossless): "
+                             "blocking (one round trip per routed token), lossless (LLM-verified drafts: the LLM's "
+                             "greedy output), span (multi-token cloud turns), overlap (decode while waiting); "
+                             "lossless, span and overlap combine")  # fmt: skip
+    parser.add_argument(
+        "--max-draft",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_MAX_DRAFT],
+        help="lossless: at most this many unverified drafts (draft-k's k); several: one run each",
+    )
+    parser.add_argument("--tokens-per-call", type=int, default=None,
+                        help="the most tokens one cloud turn returns (span mode: default 8; without span every "
+                             "call returns this many)")  # fmt: skip
+    parser.add_argument("--span-below", type=float, default=None,
+                        help="span mode: the cloud goes on while its own top-1 probability is below this "
+                             "(default 0.5)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--calibration-prompts", type=int, default=40, help="stdlib prompts to calibrate on")
     parser.add_argument("--workers", type=int, default=1, help="SLM processes (each gets cores/workers threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="SLM threads per worker (default cores/workers; 1 helps on a machine busy with other "
+                             "work, where spinning llama.cpp threads wait for each other; the local cloud's own "
+                             "count is CITER_CLOUD_THREADS)")  # fmt: skip
     parser.add_argument("--out", default=str(RESULTS_DIR / "humaneval"), help="folder for JSONL, JSON, MD and PNG")
     parser.add_argument(
         "--report",
@@ -357,9 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    modes = decode_modes(parser, args)
 
     problems = load_problems(args.limit)
     out = Path(args.out)
+    if args.skip and not args.report:
+        problems = problems[args.skip :]
     if args.report:
         calibration = json.loads((out / "calibration.json").read_text())
         results = results_from_disk(out, problems, calibration, args.shares)
@@ -381,20 +525,59 @@ def main(argv: list[str] | None = None) -> int:
                         records = query_records(slm_runs, llm_runs, cut)
                         results.add(summarise_run(f"query-{share:.2f}", "query", share, records, cut), records)
                         continue
+                    if policy == "draft":
+                        continue  # no share: run once per k below
                     threshold = share if policy == "random" else threshold_for_share(calibration["token_top1"], share)
-                    spec = RunSpec(policy, share, threshold)
-                    records = sweep.run(spec, problems, cloud.address)
-                    results.add(summarise_run(spec.name, policy, share, records, threshold), records)
+                    for mode in modes:
+                        spec = RunSpec(policy, share, threshold, **mode)
+                        records = sweep.run(spec, problems, cloud.address, llm_runs)
+                        results.add(summarise_run(spec.name, curve_of(records[0], spec.name), share, records,
+                                                  threshold), records)  # fmt: skip
                 if args.router:
                     cut = RouterCard.load(Path(args.router).with_suffix(".json")).threshold_for_share(share)
                     router = str(Path(args.router).resolve())
-                    spec = RunSpec("router", share, cut, router=router, label=args.router_name)
-                    records = sweep.run(spec, problems, cloud.address)
-                    results.add(summarise_run(spec.name, spec.curve, share, records, cut), records)
+                    for mode in modes:
+                        spec = RunSpec("router", share, cut, router=router, label=args.router_name, **mode)
+                        records = sweep.run(spec, problems, cloud.address, llm_runs)
+                        results.add(summarise_run(spec.name, curve_of(records[0], spec.name), share, records,
+                                                  cut), records)  # fmt: skip
+            if "draft" in args.policies:
+                for k in args.max_draft:
+                    draft_mode = {**modes[0], "lossless": True, "max_draft": k}
+                    spec = RunSpec("draft", None, **draft_mode)
+                    records = sweep.run(spec, problems, cloud.address, llm_runs)
+                    results.add(summarise_run(spec.name, curve_of(records[0], spec.name), None, records, None),
+                                records)  # fmt: skip
     finally:
         sweep.close()
 
     return finish(results, args, calibration, machine_description())
+
+
+def decode_modes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[dict[str, object]]:
+    """RunSpec's mode fields from --mode, --max-draft, --tokens-per-call and --span-below: one per max_draft
+    where the mode is lossless, else one."""
+    chosen = set(args.mode)
+    if "blocking" in chosen and "lossless" in chosen:
+        parser.error("--mode blocking and lossless exclude each other (lossless verifies; blocking does not)")
+    if any(k < 1 for k in args.max_draft):
+        parser.error("--max-draft must be at least 1")
+    span = "span" in chosen
+    if not span and args.span_below is not None:
+        parser.error("--span-below needs --mode span")
+    tokens_per_call = args.tokens_per_call if args.tokens_per_call is not None else (8 if span else 1)
+    span_below = args.span_below if args.span_below is not None else (0.5 if span else 0.0)
+    if tokens_per_call < 1:
+        parser.error("--tokens-per-call must be at least 1")
+    if span and not 0.0 < span_below <= 1.0:
+        parser.error("--span-below must lie in (0, 1]")
+    common = {"overlap": "overlap" in chosen, "span_below": span_below, "tokens_per_call": tokens_per_call}
+    if "lossless" in chosen:
+        return [{**common, "lossless": True, "max_draft": k} for k in args.max_draft]
+    if len(args.max_draft) > 1 or args.max_draft[0] != DEFAULT_MAX_DRAFT:
+        if "draft" not in args.policies:
+            parser.error("--max-draft needs --mode lossless or --policies draft")
+    return [common]
 
 
 def finish(results: Results, args: argparse.Namespace, calibration: dict, machine: dict) -> int:
@@ -448,6 +631,7 @@ def results_from_disk(out: Path, problems: list[Problem], calibration: dict, sha
         run = records(path)
         if path.stem in ("slm-0.00", "llm-1.00") or not run:
             continue
+        run = mark_equals_llm(run, llm_runs)
         first = run[0]
         summary = summarise_run(path.stem, curve_of(first, path.stem), target_of(first, path.stem), run,
                                 first.get("threshold"))  # fmt: skip
@@ -458,7 +642,7 @@ def results_from_disk(out: Path, problems: list[Problem], calibration: dict, sha
         results.add(summary, run, finished=len(done) == len(wanted))
     for share in shares:
         cut = threshold_for_share(calibration["probe_means"], share)
-        chosen = query_records(slm_runs, llm_runs, cut)
+        chosen = mark_equals_llm(query_records(slm_runs, llm_runs, cut), llm_runs)
         results.add(summarise_run(f"query-{share:.2f}", "query", share, chosen, cut), chosen)
     return results
 
@@ -476,16 +660,29 @@ def summaries_from_disk(
     return results.summaries, results.unfinished
 
 
-#: Decode modes that are the plain per-token loop: runs in them join their policy's curve.
-DEFAULT_MODES = ("", "default")
+#: Decode modes that are the plain per-token loop: runs in them join their policy's curve. "blocking" is
+#: HybridGenerator's name for it (GenerationSummary.mode); "blocking+span" is the span mode.
+DEFAULT_MODES = ("", "default", "blocking")
 
 
 def curve_of(record: dict, run_name: str) -> str:
     """The curve a run belongs to: its label, else its policy (else its file name without the share),
-    with a non-default decode ``mode`` appended so that, e.g., a lossless router run is its own curve."""
+    with a non-default decode ``mode`` appended so that, e.g., a lossless router run is its own curve
+    (``router/lossless``, ``router/span``)."""
     curve = record.get("label") or record.get("policy") or re.sub(r"-\d+(\.\d+)?$", "", run_name)
-    mode = record.get("mode")
-    return f"{curve}/{mode}" if mode not in (None, *DEFAULT_MODES) else curve
+    mode = mode_label(record.get("mode"))
+    return f"{curve}/{mode}" if mode else curve
+
+
+def mark_equals_llm(records: list[dict], llm_runs: list[dict]) -> list[dict]:
+    """Rows with ``equals_llm`` filled in where they lack it (runs made before the field existed), from the
+    completions: the same answer, character for character, as the LLM-only run's."""
+    reference = {r["task_id"]: r["completion"] for r in llm_runs if "completion" in r}
+    known = [r.get("equals_llm") is not None or "completion" not in r or r["task_id"] not in reference for r in records]
+    return [
+        r if done else {**r, "equals_llm": r["completion"] == reference[r["task_id"]]}
+        for r, done in zip(records, known, strict=True)
+    ]
 
 
 def target_of(record: dict, run_name: str) -> float | None:
@@ -523,8 +720,10 @@ CURVE_ORDER: tuple[str, ...] = ("slm", "llm", "router", "confidence", "random")
 
 
 def curve_rank(curve: str) -> tuple[int, str]:
-    if curve in CURVE_ORDER:
-        return (CURVE_ORDER.index(curve), "")
+    """A mode's curve (``router/span``) right after its policy's (``router``)."""
+    base = curve.split("/", 1)[0]
+    if base in CURVE_ORDER:
+        return (CURVE_ORDER.index(base), "" if curve == base else curve)
     return (len(CURVE_ORDER) + (curve == "query"), curve)
 
 
@@ -554,6 +753,41 @@ def build_report(results: Results, settings: dict, machine: dict) -> dict:
         "policies": per_policy,
         **paired_analysis(summaries, results),
         "unfinished_runs": sorted(results.unfinished, key=run_rank),
+        "lossless_at_equal_output": lossless_comparison([*summaries, *results.unfinished], results),
+    }
+
+
+def is_lossless(summary: dict) -> bool:
+    return "lossless" in summary.get("mode", "").split("+")
+
+
+def lossless_comparison(summaries: list[dict], results: Results) -> dict | None:
+    """Lossless runs (draft-k, the router's lossless mode) on the problems all of them answered.
+
+    Their answers are the LLM's greedy ones (but for near-tie flips), so what
+    tells them apart is what the output cost: round trips per answer, on the
+    same problems, since the runs may cover different subsets.
+    """
+    runs = [s["run"] for s in sorted(summaries, key=run_rank) if is_lossless(s)]
+    if not runs:
+        return None
+    shared = set.intersection(*(set(results.costs[run]) for run in runs)) & set(results.outcomes["llm-1.00"])
+    rows = []
+    for run in runs:
+        costs = [results.costs[run][t] for t in shared]
+        tokens = sum(c["tokens"] for c in costs)
+        rows.append({
+            "run": run,
+            "round_trips_per_answer": sum(c["round_trips"] for c in costs) / len(costs) if costs else 0.0,
+            "cloud_share": sum(c["cloud_tokens"] for c in costs) / tokens if tokens else 0.0,
+            "equals_llm": sum(bool(c["equals_llm"]) for c in costs),
+            "pass_at_1": sum(results.outcomes[run][t] for t in shared) / len(shared) if shared else 0.0,
+        })  # fmt: skip
+    return {
+        "problems": len(shared),
+        "tasks": sorted(shared, key=paired.task_order),
+        "llm_pass_at_1": sum(results.outcomes["llm-1.00"][t] for t in shared) / len(shared) if shared else 0.0,
+        "runs": rows,
     }
 
 
@@ -659,6 +893,21 @@ def markdown_report(report: dict) -> str:
         "",
         *_curves_table(report["policies"]),
     ]
+    modes = _modes_table(report["runs"], report["unfinished_runs"])
+    if modes:
+        lines += [
+            "",
+            "## Decode modes",
+            "",
+            "lossless: SLM tokens are drafts the LLM verifies (the LLM's greedy output); span: a cloud turn goes on "
+            "while the LLM's own top-1 is below the cut; overlap: the SLM decodes during a call. = LLM: answers "
+            "identical to the LLM-only run's. Drafts: SLM tokens the LLM verified / rolled back.",
+            "",
+            *modes,
+        ]
+        lossless = _lossless_lines(report.get("lossless_at_equal_output"))
+        if lossless:
+            lines += ["", "### Lossless at equal output", "", *lossless]
     if report["unfinished_runs"]:
         lines += ["", "## Unfinished runs", "", *_unfinished_lines(report["unfinished_runs"], report["mixing"])]
     return "\n".join(lines) + "\n"
@@ -669,16 +918,73 @@ def _runs_table(runs: list[dict], mixing: dict, sizes: dict) -> list[str]:
         f"| run | target share | cloud share | pass@1 | broken (of {sizes['both_right']}) "
         f"| rescued (of {sizes['only_llm_right']}) | lost SLM wins (of {sizes['only_slm_right']}) "
         f"| gained (of {sizes['both_wrong']}) | round trips / answer | prefill tok / generated tok "
-        "| decode steps / generated tok |"
+        "| decode steps / generated tok | = LLM |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in runs:
         m = mixing.get(s["run"])
         counts = [str(m[k]) for k in ("broken", "rescued", "lost_slm_wins", "gained")] if m else ["–"] * 4
         lines.append(
             f"| {s['run']} | {_pct(s['target_share'], 0)} | {_pct(s['cloud_share'])} | {_pct(s['pass_at_1'])} | "
             f"{' | '.join(counts)} | {s['round_trips_per_answer']:.1f} | {s['prefill_per_token']:.2f} | "
-            f"{s['decode_steps_per_token']:.2f} |"
+            f"{s['decode_steps_per_token']:.2f} | {_equals(s)} |"
+        )
+    return lines
+
+
+def _equals(summary: dict) -> str:
+    """Answers identical to the LLM-only run's, of those compared."""
+    value = summary.get("equals_llm")
+    return "–" if value is None or summary["policy"] in ("slm", "llm") else f"{value}/{summary['equals_llm_of']}"
+
+
+def _mode_settings(summary: dict) -> str:
+    mode, settings = summary.get("mode", ""), summary.get("settings", {})
+    parts = []
+    if "lossless" in mode.split("+"):
+        parts.append(f"max_draft {settings.get('max_draft')}")
+    if "span" in mode.split("+"):
+        parts.append(f"span below {settings.get('span_below')}, ≤{settings.get('tokens_per_call')} tok/call")
+    elif (settings.get("tokens_per_call") or 1) > 1:
+        parts.append(f"{settings['tokens_per_call']} tok/call")
+    return ", ".join(parts) or "–"
+
+
+def _modes_table(runs: list[dict], unfinished: list[dict]) -> list[str]:
+    """Runs in a decode mode other than the plain loop, finished or not, with what the mode did."""
+    rows = [s for s in [*runs, *unfinished] if s.get("mode")]
+    if not rows:
+        return []
+    lines = [
+        "| run | mode | settings | problems | cloud share | pass@1 | round trips / answer | cloud tok / round trip "
+        "| drafts accepted / rejected | = LLM |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in rows:
+        acceptance = "" if s["draft_acceptance"] is None else f" ({_pct(s['draft_acceptance'], 0)})"
+        drafts = f"{s['drafts_accepted']} / {s['drafts_rejected']}{acceptance}" if is_lossless(s) else "–"
+        lines.append(
+            f"| {s['run']} | {s['mode']} | {_mode_settings(s)} | {s['problems']} | {_pct(s['cloud_share'])} | "
+            f"{_pct(s['pass_at_1'])} | {s['round_trips_per_answer']:.1f} | {s['cloud_tokens_per_round_trip']:.2f} | "
+            f"{drafts} | {_equals(s)} |"
+        )
+    return lines
+
+
+def _lossless_lines(comparison: dict | None) -> list[str]:
+    if not comparison or not comparison["runs"]:
+        return []
+    lines = [
+        f"On the {comparison['problems']} problems every lossless run answered (LLM-only pass@1 there "
+        f"{_pct(comparison['llm_pass_at_1'])}); the output is the LLM's, so the cost is what differs:",
+        "",
+        "| run | round trips / answer | cloud share | = LLM | pass@1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in comparison["runs"]:
+        lines.append(
+            f"| {row['run']} | {row['round_trips_per_answer']:.2f} | {_pct(row['cloud_share'])} | "
+            f"{row['equals_llm']}/{comparison['problems']} | {_pct(row['pass_at_1'])} |"
         )
     return lines
 
@@ -722,7 +1028,9 @@ def _unfinished_lines(unfinished: list[dict], mixing: dict) -> list[str]:
             f"- {row['run']}: {row['problems']} problems, pass@1 {_pct(row['pass_at_1'])} at "
             f"{_pct(row['cloud_share'])} cloud (SLM {_pct(row['slm_pass_at_1_same_problems'])}, LLM "
             f"{_pct(row['llm_pass_at_1_same_problems'])} on the same problems); broken {m['broken']}, "
-            f"rescued {m['rescued']}, lost SLM wins {m['lost_slm_wins']}, gained {m['gained']}"
+            f"rescued {m['rescued']}, lost SLM wins {m['lost_slm_wins']}, gained {m['gained']}; "
+            f"{row['round_trips_per_answer']:.1f} round trips / answer"
+            + ("" if row.get("equals_llm") is None else f"; = LLM {row['equals_llm']}/{row['equals_llm_of']}")
         )
     return lines
 
