@@ -57,6 +57,21 @@ def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         os.environ[HISTORY_ENV] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Learned routing state and budget ledgers of test runs go to a temporary folder, never the user's."""
+    from citer_edge.state import STATE_ENV
+
+    folder = tmp_path_factory.mktemp("state")
+    previous = os.environ.get(STATE_ENV)
+    os.environ[STATE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(STATE_ENV, None)
+    else:
+        os.environ[STATE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def smol_path() -> Path:
     return resolve_model("smollm2-135m")

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch", reason="router training needs the `train` extra (torch==2.13.0 CPU)")
 
 from citer_edge import CloudSession, HybridGenerator, LocalModel  # noqa: E402
-from citer_edge.routing.calibration import NEVER  # noqa: E402
 from citer_edge.errors import RouterMismatchError  # noqa: E402
+from citer_edge.routing.calibration import NEVER  # noqa: E402
 from citer_edge.routing.router import RouterCard, RouterPolicy  # noqa: E402
 from citer_export.build import build_router  # noqa: E402
 from citer_export.onnx_export import PARITY_TOLERANCE  # noqa: E402

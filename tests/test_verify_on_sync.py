@@ -7,13 +7,14 @@ the server produces them for a cloud-only client.
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.sessions import DecodeCall, ErrorKind, RequestError, SessionManager
 from citer_edge import LocalModel
-from citer_protocol import SamplingSettings
+from citer_protocol import SamplingSettings, pb, pb_grpc
 from tests.conftest import COUNTING_PROMPT, MIN_MARGIN, greedy_margins
 
 GREEDY = SamplingSettings()
@@ -161,3 +162,9 @@ def test_span_continues_while_the_llm_is_unsure_and_stops_when_it_is_sure(
     # The turn ended on held logits: the next request produces from them without another pass.
     after = sessions.decode(DecodeCall("c", middle.new_len, [], 1, GREEDY))
     assert after.tokens == [reference[expected]]
+
+
+def test_the_llama_cpp_service_advertises_verify_and_span(smol_server) -> None:
+    with grpc.insecure_channel(smol_server.address) as channel:
+        info = pb_grpc.LlmServiceStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
+    assert list(info.features) == ["verify", "span"]

@@ -200,6 +200,17 @@ def test_concurrent_sessions_share_vllm_steps(server, reference) -> None:
     assert 0 < steps < 8 * 6, steps  # one step per call and token would be 48
 
 
+def test_verify_and_span_are_not_advertised_and_are_refused_as_unimplemented(stub, server) -> None:
+    held = decode(stub, "verify", 0, PROMPT, 0).new_len
+    assert list(stub.GetInfo(pb.InfoRequest(), timeout=10).features) == []
+    for fields in ({"verify_from": held, "append": [5, 6]}, {"span_below": 0.5, "max_tokens": 2}):
+        request = pb.DecodeRequest(session_id="verify", known_len=held, **fields)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(stub.Decode(iter([request]), timeout=60)))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, fields
+        assert server.sessions.session_length("verify") == held
+
+
 def test_info_names_the_backend_and_the_tokenizer_fingerprint(stub, tiny_model: Path) -> None:
     from citer_protocol.fingerprint import hf_tokenizer_fingerprint
 

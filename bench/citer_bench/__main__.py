@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "quality": "HumanEval pass@1 vs cloud share for every policy (the Pareto plot)",
+    "share": "realised vs target cloud share on three prompt sets: fixed calibration vs the adaptive controller",
     "throughput": "tokens/s of SLM-only, LLM-only and hybrid decoding",
     "overhead": "per-token time of the SLM step, feature extraction and routing policies",
     "network": "tokens/s and time to first token against an emulated round-trip time",
@@ -14,6 +15,7 @@ BENCHMARKS = {
     "resubmit": "per-call server cost vs context length: vLLM's resubmission vs llama.cpp's in-place sessions",
     "buffers": "SLM decode and prefill tokens/s under each llama.cpp weight-buffer setting (AMX, repack)",
     "faults": "stalls, lost tokens and recovery of a generation through network faults and server kills",
+    "edge-speed": "tokens/s of every decode mode vs SLM-only against RTT, edge and cloud pinned to their own cores",
 }
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, what in BENCHMARKS.items():
             print(f"  {name:12} {what}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(f"citer_bench.{argv[0]}")
+    module = importlib.import_module(f"citer_bench.{argv[0].replace('-', '_')}")
     return module.main(argv[1:])
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from citer_bench.fault_proxy import FaultProxy
 from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, SamplingSettings
-from citer_edge.cloud.session import DEFAULT_TIMEOUT_S, PREFILL_ALLOWANCE_TOKENS_PER_S
 from citer_edge.cloud.local import LocalCloud
+from citer_edge.cloud.session import DEFAULT_TIMEOUT_S, PREFILL_ALLOWANCE_TOKENS_PER_S
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 from citer_bench.machine import machine_description, write_result
 from citer_edge import LocalModel, SamplingSettings
 from citer_edge.chat.conversation import Conversation
-from citer_edge.routing.features import extract_features
 from citer_edge.models import DEFAULT_SLM, resolve_model
+from citer_edge.routing.features import extract_features
 from citer_edge.routing.policies import ConfidencePolicy, RandomPolicy, RoutingPolicy
 from citer_edge.routing.router import RouterPolicy, shipped_router
 from citer_export.corpus import SPEED_PROMPTS

@@ -27,10 +27,15 @@ from citer_protocol.llama_loader import add_extra_buffers_argument
 
 if TYPE_CHECKING:  # imported where used: `citer-edge doctor` must start even when llama.cpp does not load
     from citer_edge.chat.conversation import Conversation
+    from citer_edge.chat.journal import Journal
+    from citer_edge.cloud.audit import UploadAudit
+    from citer_edge.cloud.budget import CloudBudget, Usage
     from citer_edge.cloud.session import CloudSession
     from citer_edge.decode import GeneratedToken, GenerationStream, HybridGenerator
-    from citer_edge.chat.journal import Journal
+    from citer_edge.routing.controller import ShareController, ShareStore
+    from citer_edge.routing.policies import RoutingPolicy
     from citer_edge.slm import LocalModel
+    from citer_edge.usage import CostMeter
 
 log = logging.getLogger("citer_edge")
 
@@ -38,6 +43,12 @@ DEFAULT_CHAT_PROMPT = "Write a Python function that returns the n-th prime numbe
 DEFAULT_GENERATE_TOKENS = 512
 #: Room a chat keeps for the next reply when old turns must go (or a quarter of a small window).
 CHAT_REPLY_ROOM = 512
+SHARE_CONTROLS = ("fixed", "adaptive")
+LOCAL_NOTICE = (
+    "(local only from here: this message and everything after it stay on the device. A private message is part "
+    "of every later prompt, so nothing more of this conversation can go to the cloud; /new starts a fresh "
+    "conversation that may use it)"
+)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -96,6 +107,34 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="LLM tokens per cloud call [CITER_EDGE_TOKENS_PER_CALL]",
     )
     routing.add_argument(
+        "--lossless",
+        action="store_true",
+        default=_env("LOSSLESS") == "1",
+        help="verify every SLM token with the LLM (greedy only): the answer is the LLM's own greedy answer, "
+        "routed positions decide when to verify [CITER_EDGE_LOSSLESS=1]",
+    )
+    routing.add_argument(
+        "--max-draft",
+        type=int,
+        default=int(_env("MAX_DRAFT", "16")),
+        help="lossless: verify at least every this many SLM tokens (with --policy local: draft-k speculative "
+        "decoding) [CITER_EDGE_MAX_DRAFT]",
+    )
+    routing.add_argument(
+        "--overlap",
+        action="store_true",
+        default=_env("OVERLAP") == "1",
+        help="keep decoding on the SLM while a cloud call is in flight; kept where the LLM agrees "
+        "[CITER_EDGE_OVERLAP=1]",
+    )
+    routing.add_argument(
+        "--span-below",
+        type=float,
+        default=float(_env("SPAN_BELOW", "0")),
+        help="multi-token cloud turns: the LLM keeps writing (up to --tokens-per-call) while its top-1 "
+        "probability stays below this; 0 = always --tokens-per-call [CITER_EDGE_SPAN_BELOW]",
+    )
+    routing.add_argument(
         "--max-tokens",
         type=int,
         default=int(_env("MAX_TOKENS", "0")) or None,
@@ -108,8 +147,52 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     routing.add_argument("--n-ctx", type=int, default=int(_env("N_CTX", "4096")), help="SLM context window")
     routing.add_argument("--threads", type=int, default=int(_env("THREADS", "0")) or None, help="SLM CPU threads")
     add_extra_buffers_argument(routing, " for the SLM and a --local-cloud")
+    _add_cost_options(parser)
     parser.add_argument("--show-routing", action="store_true", help="highlight tokens that came from the cloud LLM")
     parser.add_argument("-v", "--verbose", action="store_true", default=_env("VERBOSE") == "1", help="debug logging")
+
+
+def _add_cost_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cost and privacy")
+    group.add_argument(
+        "--share-control",
+        choices=SHARE_CONTROLS,
+        default=_env("SHARE_CONTROL", "fixed"),
+        help="fixed: --cloud-share through the router card's calibration (made on stdlib prompts); adaptive: "
+        "recalibrate on your own traffic as you go, so the share holds on any prompts (router or confidence "
+        "policy; learned per model pair and kept for the next run) [CITER_EDGE_SHARE_CONTROL]",
+    )
+    group.add_argument(
+        "--reset-share",
+        action="store_true",
+        help="adaptive: forget what was learned for this model pair and start again from the router card",
+    )
+    for flag, env, what in (
+        ("--cloud-budget-tokens", "CLOUD_BUDGET_TOKENS", "cloud tokens per conversation"),
+        ("--cloud-budget-calls", "CLOUD_BUDGET_CALLS", "cloud calls per conversation"),
+        ("--daily-budget-tokens", "DAILY_BUDGET_TOKENS", "cloud tokens per UTC day, over all runs"),
+        ("--daily-budget-calls", "DAILY_BUDGET_CALLS", "cloud calls per UTC day, over all runs"),
+    ):
+        group.add_argument(
+            flag,
+            metavar="N",
+            default=_env(env),
+            help=f"at most N {what}; then generation goes on on the SLM [CITER_EDGE_{env}]",
+        )
+    group.add_argument(
+        "--local-only",
+        action="store_true",
+        default=_env("LOCAL_ONLY") == "1",
+        help="send nothing to the cloud, not even a connection (chat: the conversation stays local when "
+        "resumed; `/local` does the same from one message on) [CITER_EDGE_LOCAL_ONLY=1]",
+    )
+    group.add_argument(
+        "--audit",
+        metavar="FILE",
+        default=_env("AUDIT"),
+        help="append one JSON line per upload to FILE (chat: by default beside the conversation's journal, "
+        "see `history show ID --uploads`) [CITER_EDGE_AUDIT]",
+    )
 
 
 def _add_tls_options(group: argparse._ArgumentGroup) -> None:
@@ -185,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = history_sub.add_parser("show", help="one conversation's turns (`latest` for the most recent)")
     show.add_argument("id")
     show.add_argument("--json", action="store_true", help="the whole transcript as one JSON object")
+    show.add_argument("--uploads", action="store_true", help="what of it was uploaded: spans, bytes, when, where")
     history.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     doctor = sub.add_parser(
@@ -213,21 +297,33 @@ class Runtime:
     generator: HybridGenerator
     sampling: SamplingSettings
     cloud: CloudSession | None
+    # cost and privacy
+    budget: CloudBudget | None = None
+    audit: UploadAudit | None = None
+    controller: ShareController | None = None
+    local_only: bool = False
 
 
 @contextlib.contextmanager
 def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
     """Load the SLM and the policy (bad options fail here, before any server starts), then reach the cloud."""
+    from citer_edge.cloud.audit import UploadAudit
+    from citer_edge.cloud.local import LocalCloud
     from citer_edge.cloud.session import CloudSession
     from citer_edge.decode import HybridGenerator
-    from citer_edge.cloud.local import LocalCloud
+    from citer_edge.routing.controller import ShareController
     from citer_edge.routing.router import RouterPolicy, default_policy
     from citer_edge.slm import LocalModel
 
     with contextlib.ExitStack() as stack:
         slm_path = models.resolve_model(args.slm)
-        llm_path = models.resolve_model(args.llm) if args.local_cloud else None
+        budget, local_only = _budget(args), args.local_only  # bad budget options fail here, before any work
+        llm_path = models.resolve_model(args.llm) if args.local_cloud and not local_only else None
         sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        if args.lossless and not sampling.greedy:
+            raise ValueError("--lossless reproduces the LLM's greedy answer: it needs --temperature 0")
+        if args.max_draft < 1 or args.tokens_per_call < 1 or not 0 <= args.span_below <= 1:
+            raise ValueError("--max-draft and --tokens-per-call must be at least 1, --span-below in [0, 1]")
         slm = stack.enter_context(
             LocalModel(
                 slm_path,
@@ -247,21 +343,123 @@ def open_runtime(args: argparse.Namespace) -> Iterator[Runtime]:
             log.info("routing policy: %s", policy.describe())
         else:
             policy = make_policy(args.policy, args.threshold, seed=args.seed)
-        address = args.cloud
+        policy = _share_controlled(args, policy, slm)
+        controller = policy if isinstance(policy, ShareController) else None
+        address = None if local_only else args.cloud
         if llm_path is not None:
             extra_args = ["--llama-extra-buffers", args.llama_extra_buffers] if args.llama_extra_buffers else []
             address = stack.enter_context(LocalCloud(llm_path, extra_args=extra_args, verbose=args.verbose)).address
         cloud = None
         if address:
             tls = cloud_tls(args) if args.cloud else None  # a --local-cloud listens on loopback, in clear
+            audit = UploadAudit(Path(args.audit).expanduser() if args.audit else None, token_bytes=slm.token_bytes)
             cloud = CloudSession(
-                address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token, tls=tls
-            )
+                address, slm.fingerprint, timeout_s=args.cloud_timeout, auth_token=args.cloud_token, tls=tls,
+                budget=budget, audit=audit,
+            )  # fmt: skip
             stack.callback(cloud.close)
+        elif local_only:
+            log.info("local only: nothing is sent to the cloud, not even a connection")
         elif args.policy != "local":
             log.info("no cloud configured (--cloud or --local-cloud): every token comes from the SLM")
-        generator = HybridGenerator(slm, policy, cloud, tokens_per_call=args.tokens_per_call)
-        yield Runtime(slm=slm, generator=generator, sampling=sampling, cloud=cloud)
+        generator = HybridGenerator(
+            slm,
+            policy,
+            cloud,
+            tokens_per_call=args.tokens_per_call,
+            lossless=args.lossless,
+            max_draft=args.max_draft,
+            overlap=args.overlap,
+            span_below=args.span_below,
+        )
+        if controller is not None and not local_only:
+            controller.attach_store(_share_store(args, slm, cloud, llm_path, controller), reset=args.reset_share)
+            stack.callback(controller.save)
+        yield Runtime(
+            slm=slm, generator=generator, sampling=sampling, cloud=cloud, budget=cloud.budget if cloud else None,
+            audit=cloud.audit if cloud else None, controller=controller, local_only=local_only,
+        )  # fmt: skip
+
+
+# -- cost and privacy -----------------------------------------------------
+
+
+def _budget(args: argparse.Namespace) -> CloudBudget:
+    """The budget the options ask for; today's use is always counted (the ledger shows it even without limits)."""
+    from citer_edge.cloud.budget import BudgetLimits, CloudBudget, DailyLedger
+
+    def count(flag: str) -> int | None:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None or value == "":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise CiterEdgeError(f"{flag} must be a whole number of 0 or more, got {value!r}")
+        return number
+
+    limits = BudgetLimits(
+        conversation_tokens=count("--cloud-budget-tokens"),
+        conversation_calls=count("--cloud-budget-calls"),
+        daily_tokens=count("--daily-budget-tokens"),
+        daily_calls=count("--daily-budget-calls"),
+    )
+    return CloudBudget(limits, DailyLedger())
+
+
+def _share_controlled(args: argparse.Namespace, policy: RoutingPolicy, slm: LocalModel) -> RoutingPolicy:
+    """``policy`` under the adaptive share controller when ``--share-control adaptive`` asks for it."""
+    from citer_edge.routing.controller import ShareController, card_prior, scorer_cut
+    from citer_edge.routing.policies import ConfidencePolicy
+    from citer_edge.routing.router import RouterPolicy
+
+    if args.share_control not in SHARE_CONTROLS:
+        raise CiterEdgeError(f"--share-control must be one of {', '.join(SHARE_CONTROLS)}, got {args.share_control!r}")
+    if args.reset_share and args.share_control != "adaptive":
+        raise CiterEdgeError("--reset-share forgets what --share-control adaptive learned; add that option")
+    if args.share_control != "adaptive":
+        return policy
+    if not isinstance(policy, (RouterPolicy, ConfidencePolicy)):
+        log.info("--share-control adaptive steers the router or the confidence rule; %s is left as it is", policy.name)
+        return policy
+    if not 0.0 <= args.cloud_share <= 1.0:
+        raise CiterEdgeError(f"--cloud-share must be in [0, 1], got {args.cloud_share}")
+    if isinstance(policy, RouterPolicy):
+        card = policy.router.card
+        start, prior = card.threshold_for_share(args.cloud_share), card_prior(card.calibration)
+    else:
+        start, prior = scorer_cut(policy), []
+    controller = ShareController(
+        policy, args.cloud_share, initial_cut=start, prior_scores=prior, tokens_per_route=args.tokens_per_call
+    )
+    log.info("routing policy: %s", controller.describe())
+    return controller
+
+
+def _share_store(
+    args: argparse.Namespace,
+    slm: LocalModel,
+    cloud: CloudSession | None,
+    llm_path: Path | None,
+    controller: ShareController,
+) -> ShareStore:
+    """Where this model pair's learned share lives: keyed by the SLM, the cloud's model and the scorer."""
+    from citer_edge.routing.controller import ShareStore
+    from citer_edge.routing.router import RouterPolicy, shipped_router
+
+    if cloud is not None and cloud.info is not None:
+        llm = cloud.info.model_name
+    else:
+        llm = llm_path.name if llm_path is not None else (args.cloud or "no-cloud")
+    scorer = controller.scorer
+    if isinstance(scorer, RouterPolicy):
+        router = args.router if args.policy == "router" else shipped_router(slm.path.name, slm.hidden_size)
+        scorer_name = f"router:{Path(str(router)).stem}"
+    else:
+        scorer_name = scorer.name
+    return ShareStore.for_pair(slm.fingerprint, llm, scorer_name)
 
 
 class TokenPrinter:
@@ -295,11 +493,17 @@ class TokenPrinter:
 
 
 def _print_stream(
-    stream: GenerationStream, show_routing: bool, interruptible: bool = False, journal: Journal | None = None
+    stream: GenerationStream,
+    show_routing: bool,
+    interruptible: bool = False,
+    journal: Journal | None = None,
+    meter: CostMeter | None = None,
 ) -> str:
     """Print (and journal) tokens as they come, then the summary; Ctrl-C ends the reply early when ``interruptible``."""
     printer = TokenPrinter(show_routing)
     pieces = []
+    if meter is not None:
+        meter.start()
     try:
         for token in stream:
             printer.write(token)
@@ -310,11 +514,15 @@ def _print_stream(
         stream.summary.finish_reason = "interrupted"
         if not interruptible:
             printer.finish()
+            if meter is not None:
+                meter.finish(stream.summary)
             print(stream.summary.line(), file=sys.stderr)
             raise
     printer.finish()
     if journal is not None:
         journal.end_reply(stream.summary.finish_reason or "stop")
+    if meter is not None:
+        meter.finish(stream.summary)
     print(stream.summary.line(), file=sys.stderr)
     return "".join(pieces)
 
@@ -325,22 +533,31 @@ def _print_stream(
 def run_chat(args: argparse.Namespace) -> int:
     from citer_edge.chat.conversation import Conversation
     from citer_edge.chat.journal import Journal, read_transcript
+    from citer_edge.cloud.budget import Usage
+    from citer_edge.usage import CostMeter
 
+    transcript = read_transcript(args.resume) if args.resume else None
+    if transcript is not None and transcript.local_only and not args.local_only:
+        args.local_only = True  # decided before any connection: a local-only conversation never reaches the cloud
+        print("(a local-only conversation: this run stays on the device)", file=sys.stderr)
     with open_runtime(args) as runtime:
         conversation = Conversation(runtime.slm, system=args.system)
         journal: Journal | None = None
-        if args.resume:
-            transcript = read_transcript(args.resume)
+        if transcript is not None:
             conversation.messages = transcript.messages()
             print(f"resumed conversation {transcript.conversation_id} ({len(transcript.turns)} turns)", file=sys.stderr)
             if not args.no_history:
                 journal = Journal.reopen(transcript.conversation_id)
         elif not args.no_history:
             journal = Journal.start(args.system, runtime.slm.name)
+        used = Usage(transcript.cloud_tokens, transcript.cloud_calls) if transcript is not None else None
+        _begin_conversation(runtime, journal, args, used)
+        meter = CostMeter(runtime.generator, runtime.cloud, local_only=runtime.local_only)
         one_shot = args.prompt is not None
         if not one_shot:
             print(
-                "citer-edge chat — Ctrl-C stops a reply; /new starts over; /exit, Ctrl-D or Ctrl-C quits",
+                "citer-edge chat — Ctrl-C stops a reply; /new starts over; /local keeps the rest on the device; "
+                "/exit, Ctrl-D or Ctrl-C quits",
                 file=sys.stderr,
             )
         try:
@@ -357,8 +574,18 @@ def run_chat(args: argparse.Namespace) -> int:
                     conversation = Conversation(runtime.slm, system=args.system)
                     if runtime.cloud is not None:
                         runtime.cloud.start_over()
+                    _begin_conversation(runtime, journal, args)
+                    meter.local_only = runtime.local_only
                     print("(new conversation)", file=sys.stderr)
                     continue
+                if message == "/local" or message.startswith("/local "):
+                    if not meter.local_only:
+                        _go_local(runtime, journal)
+                        meter.local_only = True
+                        print(LOCAL_NOTICE, file=sys.stderr)
+                    message = message[len("/local") :].strip()
+                    if not message:
+                        continue
                 conversation.add_user(message)
                 if journal is not None:
                     journal.user(message)
@@ -373,7 +600,12 @@ def run_chat(args: argparse.Namespace) -> int:
                 room = runtime.slm.n_ctx - len(prompt)
                 max_tokens = min(args.max_tokens or room, room)
                 stream = runtime.generator.stream(prompt, max_tokens, runtime.sampling)
-                reply = _print_stream(stream, args.show_routing, interruptible=not one_shot, journal=journal)
+                try:
+                    reply = _print_stream(
+                        stream, args.show_routing, interruptible=not one_shot, journal=journal, meter=meter
+                    )
+                finally:
+                    _end_reply(runtime, journal)
                 conversation.add_assistant(reply)  # an interrupted reply stays in the history as far as it got
                 if one_shot:
                     return 0
@@ -382,6 +614,39 @@ def run_chat(args: argparse.Namespace) -> int:
                 journal.close()
                 if not one_shot:
                     print(f"saved: citer-edge chat --resume {journal.conversation_id}", file=sys.stderr)
+
+
+def _begin_conversation(
+    runtime: Runtime, journal: Journal | None, args: argparse.Namespace, used: Usage | None = None
+) -> None:
+    """A new (or resumed) conversation: its budget, its upload audit beside its journal, its privacy mark."""
+    if runtime.budget is not None:
+        runtime.budget.start_conversation(used)
+    if runtime.audit is not None and not args.audit:
+        runtime.audit.path = journal.uploads_path if journal is not None else None  # --no-history: memory only
+    if runtime.local_only:
+        if journal is not None:
+            journal.local_only()
+    else:
+        runtime.generator.cloud = runtime.cloud  # a conversation made local by /local is over
+
+
+def _go_local(runtime: Runtime, journal: Journal | None) -> None:
+    """From this message on the conversation stays on the device: the loop loses its cloud, the session stops."""
+    runtime.generator.cloud = None
+    if runtime.cloud is not None:
+        runtime.cloud.routing_stopped = "the conversation is local-only (/local)"  # a second guard; /new lifts it
+    if journal is not None:
+        journal.local_only()
+
+
+def _end_reply(runtime: Runtime, journal: Journal | None) -> None:
+    """After each reply: keep what the share controller learned, and the conversation's cloud use."""
+    if runtime.controller is not None:
+        runtime.controller.save()
+    if journal is not None and runtime.budget is not None and runtime.cloud is not None:
+        used = runtime.budget.conversation
+        journal.cloud_use(used.tokens, used.calls)
 
 
 def _fit_to_window(conversation: Conversation, n_ctx: int) -> list[int]:
@@ -404,9 +669,11 @@ def _read_message() -> str | None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from citer_edge.chat.conversation import Conversation
+    from citer_edge.usage import CostMeter
 
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     with open_runtime(args) as runtime:
+        meter = CostMeter(runtime.generator, local_only=runtime.local_only)
         if args.raw:
             prompt = runtime.slm.tokenize(prompt_text)
         else:
@@ -415,10 +682,11 @@ def run_generate(args: argparse.Namespace) -> int:
             prompt = conversation.prompt_tokens()
         stream = runtime.generator.stream(prompt, args.max_tokens or DEFAULT_GENERATE_TOKENS, runtime.sampling)
         if not args.json:
-            _print_stream(stream, args.show_routing)
+            _print_stream(stream, args.show_routing, meter=meter)
             return 0
+        meter.start()
         text = stream.text()
-        summary = stream.summary
+        summary = meter.finish(stream.summary)
         json.dump(
             {
                 "text": text,
@@ -427,6 +695,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 "sources": stream.sources,
                 "routing": {"slm": summary.tokens - summary.cloud_tokens, "llm": summary.cloud_tokens},
                 "summary": summary.to_dict(),
+                "uploads": [vars(upload) for upload in runtime.audit.uploads] if runtime.audit else [],
             },
             sys.stdout,
         )
@@ -463,7 +732,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    from citer_edge.chat.journal import list_conversations, read_transcript
+    from citer_edge.chat.journal import journal_path, list_conversations, read_transcript
 
     if args.history_command == "list":
         for transcript in list_conversations():
@@ -471,6 +740,8 @@ def run_history(args: argparse.Namespace) -> int:
             print(f"{transcript.conversation_id}  {len(transcript.turns):3d} turns  {first[:60]!r}")
         return 0
     transcript = read_transcript(args.id)
+    if args.uploads:
+        return _show_uploads(journal_path(transcript.conversation_id), args.json)
     if args.json:
         json.dump(transcript.to_dict(), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -481,6 +752,21 @@ def run_history(args: argparse.Namespace) -> int:
             cloud = turn.tokens_from.get("llm", 0)
             note = f"  [{sum(turn.tokens_from.values())} tokens, {cloud} from the cloud, {turn.finish}]"
         print(f"{turn.role}:{note}\n{turn.text}\n")
+    return 0
+
+
+def _show_uploads(journal: Path, as_json: bool) -> int:
+    """What of a conversation left the device: its upload audit, as a table or JSON."""
+    from citer_edge.chat.journal import uploads_path_for
+    from citer_edge.cloud.audit import format_uploads, read_uploads, totals_of
+
+    uploads = read_uploads(uploads_path_for(journal))
+    if as_json:
+        payload = {"id": journal.stem, "uploads": [vars(u) for u in uploads], "totals": vars(totals_of(uploads))}
+        json.dump(payload, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(format_uploads(uploads))
     return 0
 
 

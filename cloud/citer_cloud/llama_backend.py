@@ -105,7 +105,8 @@ class LlamaCppBackend(BatchingBackend):
             if row is None:
                 results.append(None)
             elif isinstance(row, list):
-                results.append(np.stack([self._logits_row(r) for r in row]) if row else np.zeros((0, vocab), np.float32))
+                rows_of_chunk = [self._logits_row(r) for r in row]
+                results.append(np.stack(rows_of_chunk) if rows_of_chunk else np.zeros((0, vocab), np.float32))
             else:
                 results.append(self._logits_row(row))
         return results

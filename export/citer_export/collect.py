@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from citer_edge.routing.features import extract_features
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
+from citer_edge.routing.features import extract_features
 from citer_edge.routing.policies import RoutingPolicy
 from citer_edge.routing.router import RouterPolicy
 from citer_edge.slm import LocalModel

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from citer_edge.cloud.audit import UploadAudit
+from citer_edge.cloud.budget import CloudBudget
 from citer_edge.cloud.channel import CloudTls, open_channel
 from citer_edge.errors import CloudAuthError, TokenizerMismatchError
 from citer_edge.sequences import common_prefix_len
@@ -63,6 +65,10 @@ class CloudReply:
     tokens: list[int]
     logprobs: list[float]
     finished: bool
+    #: Where the reply's tokens go: the context was kept up to here (a verify call that rejected a draft keeps
+    #: less than it sent) and ``tokens`` follow.
+    kept: int = 0
+    accepted: int = 0  # drafts the LLM agreed with (verify calls)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class CloudInfo:
     backend: str
     server_version: str
     vocab_size: int = 0  # 0: the server did not say
+    features: tuple[str, ...] = ()  # optional protocol features: "verify", "span"
 
 
 class _DecodeStream:
@@ -135,8 +142,12 @@ class CloudSession:
         auth_token: str | None = None,
         session_id: str | None = None,
         tls: CloudTls | None = None,
+        budget: CloudBudget | None = None,
+        audit: UploadAudit | None = None,
     ) -> None:
         self.address = address
+        self.budget = budget  # cost and privacy: caps cloud tokens and calls (cloud/budget.py)
+        self.audit = audit  # cost and privacy: records every upload before it is sent (cloud/audit.py)
         self.session_id = session_id or uuid.uuid4().hex
         self._slm_fingerprint = slm_fingerprint
         self._timeout_s = timeout_s
@@ -206,17 +217,38 @@ class CloudSession:
             backend=reply.backend,
             server_version=reply.server_version,
             vocab_size=reply.vocab_size,
+            features=tuple(reply.features),
         )
         return True
 
+    def supports(self, feature: str) -> bool | None:
+        """Whether the server implements an optional protocol feature; None while it has not been reached."""
+        return None if self.info is None else feature in self.info.features
+
     # -- decoding ---------------------------------------------------------
 
-    def decode(self, context: Sequence[int], max_tokens: int, sampling: SamplingSettings) -> CloudReply | None:
+    def decode(
+        self,
+        context: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingSettings,
+        verify_from: int = 0,
+        span_below: float = 0.0,
+    ) -> CloudReply | None:
         """LLM tokens that continue ``context``, or None when the cloud is unavailable.
 
         Sends only the tokens the server does not hold yet. If the server lost
         the session it says so, and the full context is sent once more.
+        ``verify_from`` > 0 asks the server to judge ``context[verify_from:]``
+        (the SLM's drafts) against its greedy choices; the reply's ``kept``
+        says how much of ``context`` survived. ``span_below`` lets the server
+        continue while it is unsure (see DecodeRequest). A server without the
+        feature stops routing for this conversation, with one warning.
         """
+        if self.budget is not None and self.routing_stopped is None:  # cost and privacy: a spent budget stops here
+            max_tokens, spent = self.budget.allowance(max_tokens)
+            if spent:
+                return self._stop_routing(spent)
         if self.routing_stopped or not self.available:
             return None
         # The probe after a failure reconnects here, while the user waits for this token: it gets a call's
@@ -224,6 +256,13 @@ class CloudSession:
         if not self.connect(min(self._timeout_s, self._connect_timeout_s) if self._down else None):
             return None
         assert self.info is not None
+        missing = [name for name, used in (("verify", verify_from), ("span", span_below)) if used]
+        missing = [name for name in missing if not self.supports(name)]
+        if missing:
+            return self._stop_routing(
+                f"the cloud at {self.address} ({self.info.backend} {self.info.server_version}) does not support "
+                f"{' and '.join(missing)} requests"
+            )
         if self.info.max_context and len(context) + max_tokens > self.info.max_context:
             return self._stop_routing(
                 f"the conversation ({len(context)} tokens) no longer fits the cloud model's window "
@@ -232,6 +271,9 @@ class CloudSession:
         resynced = reopened = False
         while True:
             known_len = common_prefix_len(self._server_tokens, context)
+            if verify_from:
+                # Drafts the server already holds (a regenerated answer) must still be sent to be judged.
+                known_len = min(known_len, verify_from)
             if self.info.max_request_tokens and len(context) - known_len + max_tokens > self.info.max_request_tokens:
                 return self._stop_routing(
                     f"{len(context) - known_len} tokens to send exceed the cloud's limit of "
@@ -243,8 +285,13 @@ class CloudSession:
                 append=list(context[known_len:]),
                 max_tokens=max_tokens,
                 sampling=pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed),
+                verify_from=verify_from,
+                span_below=span_below,
             )
             stream_was_open = self._stream is not None
+            if self.audit is not None:  # cost and privacy: recorded before sending, kept even if the call fails
+                kind = "resync" if resynced else "retry" if reopened else "sync"
+                self.audit.record(self.address, self.session_id, known_len, request.append, request.ByteSize(), kind)
             try:
                 reply = self._open_stream().request(request, self._deadline_s(len(request.append)))
             except grpc.RpcError as error:
@@ -275,26 +322,51 @@ class CloudSession:
                 # the server consistent whether or not it processed the request.
                 self._close_stream()
                 raise
-            problem = self._reply_problem(reply, len(context), max_tokens)
+            problem = self._reply_problem(reply, len(context), max_tokens, verify_from)
             if problem:
                 # Never let a broken or hostile server's ids reach the SLM; its state is unknown now.
                 self._close_stream()
                 self._server_tokens = []
                 self._mark_down(f"the cloud at {self.address} sent an invalid reply ({problem})")
                 return None
-            self._server_tokens = list(context) + list(reply.tokens)
+            rejected = verify_from and reply.accepted < len(context) - verify_from
+            kept = verify_from + reply.accepted if rejected else len(context)
+            self._server_tokens = list(context[:kept]) + list(reply.tokens)
             self.calls += 1
+            if self.budget is not None:  # cost and privacy
+                self.budget.charge(len(reply.tokens))
             self.tokens_sent += len(request.append)
             self.tokens_received += len(reply.tokens)
             if self._down:
                 log.info("cloud at %s is back", self.address)
             self._down = False
             self._backoff_s = self._backoff_min_s
-            return CloudReply(tokens=list(reply.tokens), logprobs=list(reply.logprobs), finished=reply.finished)
+            return CloudReply(
+                tokens=list(reply.tokens),
+                logprobs=list(reply.logprobs),
+                finished=reply.finished,
+                kept=kept,
+                accepted=reply.accepted if verify_from else 0,
+            )
 
-    def _reply_problem(self, reply: pb.DecodeResponse, context_len: int, max_tokens: int) -> str | None:
+    def _reply_problem(
+        self, reply: pb.DecodeResponse, context_len: int, max_tokens: int, verify_from: int = 0
+    ) -> str | None:
         """What is wrong with a reply, or None: token count, ids, log-probs and the new length must add up."""
         tokens = list(reply.tokens)
+        if verify_from:
+            drafts = context_len - verify_from
+            if not reply.verified:
+                return "drafts sent for verification came back unverified"
+            if reply.accepted > drafts:
+                return f"{reply.accepted} drafts accepted of {drafts} sent"
+            if reply.accepted < drafts:  # a rejected draft: the LLM's own token replaces it
+                if not tokens:
+                    return "a draft was rejected but no replacement token came back"
+                if reply.new_len != verify_from + reply.accepted + len(tokens):
+                    return f"new_len {reply.new_len} != {verify_from} + {reply.accepted} accepted + {len(tokens)}"
+                max_tokens = max(max_tokens, 1)
+                context_len = verify_from + reply.accepted
         if len(tokens) > max_tokens:
             return f"{len(tokens)} tokens for {max_tokens} asked"
         vocab = self.info.vocab_size if self.info is not None else 0
