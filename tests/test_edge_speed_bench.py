@@ -17,9 +17,9 @@ from citer_bench.edge_speed import (
     BASELINE,
     add_ratios,
     build_modes,
-    cloud_command,
     compare_to_reference,
     parse_args,
+    pinned_cloud,
     proxy_command,
     select_modes,
     summarise_cell,
@@ -53,9 +53,9 @@ def test_edge_and_cloud_may_not_share_a_core() -> None:
 
 
 def test_cloud_and_proxy_commands_are_pinned_to_one_core_with_one_thread() -> None:
-    command = cloud_command("/models/llm.gguf", core=1, python="python3")
+    command = pinned_cloud("/models/llm.gguf", core=1).command
     assert command[:3] == ["taskset", "--cpu-list", "1"]
-    assert command[3:6] == ["python3", "-m", "citer_cloud.cli"]
+    assert command[3:6] == [sys.executable, "-m", "citer_cloud.cli"]
     assert command[command.index("--threads") + 1] == "1"
     assert command[command.index("--model") + 1] == "/models/llm.gguf"
     assert "--stop-on-stdin-eof" in command  # the child dies with the benchmark

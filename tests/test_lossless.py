@@ -7,6 +7,7 @@ sides agrees with itself, which makes the kept-work paths exact.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from citer_bench.fault_proxy import FaultProxy
 from citer_cloud.llama_backend import LlamaCppBackend
 from citer_cloud.server import CloudServer
-from citer_edge import CloudSession, HybridGenerator, LocalModel, LocalPolicy, RandomPolicy
+from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel, LocalPolicy, RandomPolicy
 from citer_edge.cli import main
 from citer_edge.routing.router import default_policy
 from citer_protocol import SamplingSettings
@@ -150,6 +151,20 @@ def test_decode_while_waiting_keeps_the_slm_work_where_the_llm_agrees(
     assert result.token_ids == expected
     assert summary.cloud_calls >= 3 and summary.cloud_tokens == summary.cloud_calls
     assert summary.overlap_kept > 0 and summary.overlap_discarded == 0
+
+
+def test_closing_the_generator_stops_its_call_thread(smol_slm: LocalModel, smol_server: CloudServer) -> None:
+    def call_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("citer-cloud-call")]
+
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint, timeout_s=60)
+    try:
+        with HybridGenerator(smol_slm, CloudPolicy(), cloud, overlap=True) as generator:
+            assert generator.generate(smol_slm.tokenize("Count: one, two,"), 3).summary.cloud_calls == 3
+            assert call_threads()  # overlap mode made its calls on the worker
+        assert call_threads() == []
+    finally:
+        cloud.close()
 
 
 def test_a_call_that_fails_mid_flight_keeps_the_tokens_decoded_meanwhile(

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from citer_cloud.server import CloudServer
+from citer_edge import CloudPolicy, CloudSession, HybridGenerator, LocalModel
 from citer_edge.chat.journal import HISTORY_ENV, Journal, journal_path, list_conversations, read_transcript
 from citer_edge.cloud.audit import UploadAudit, read_uploads
+from citer_edge.cloud.budget import BudgetLimits, CloudBudget
 from tests.test_budget import server_stats
 from tests.test_cli import run_cli
 
@@ -140,3 +142,29 @@ def test_journal_keeps_the_privacy_mark_and_cloud_use_and_audits_are_not_convers
     assert [u.text_bytes for u in read_uploads(journal.uploads_path)] == [6]
     assert journal_path("latest") == journal.path  # not the audit beside it, which sorts after it
     assert [t.conversation_id for t in list_conversations()] == [journal.conversation_id]
+
+
+def test_library_generation_reports_budget_and_uploads_without_a_meter(
+    smol_slm: LocalModel, smol_server: CloudServer
+) -> None:
+    """A library user gets the cost-and-privacy fields the CLI shows, per generation, also when stopping early."""
+    budget = CloudBudget(BudgetLimits(conversation_tokens=100))
+    audit = UploadAudit(token_bytes=smol_slm.token_bytes)
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint, timeout_s=60, budget=budget, audit=audit)
+    try:
+        generator = HybridGenerator(smol_slm, CloudPolicy(), cloud)
+        first = generator.generate(smol_slm.tokenize("Count: one, two,"), max_tokens=4).summary
+        after_first = audit.snapshot()
+        stream = generator.stream(smol_slm.tokenize("Name three colours:"), max_tokens=8)
+        tokens = iter(stream)
+        next(tokens)
+        next(tokens)
+        tokens.close()  # the caller stops after two tokens
+    finally:
+        cloud.close()
+    assert first.uploads == after_first.uploads > 0 and first.upload_wire_bytes == after_first.wire_bytes
+    assert first.budget is not None and first.budget["tokens_left"] == 100 - 4
+    second = stream.summary
+    assert second.uploads == audit.totals.uploads - after_first.uploads > 0  # this generation's, not the session's
+    assert second.upload_tokens == audit.totals.tokens - after_first.tokens
+    assert second.budget is not None and second.budget["tokens_left"] == 100 - 4 - 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from citer_bench import paired
-from citer_bench.quality import main, query_level, results_from_disk
+from citer_bench.quality import lossless_comparison, main, query_level, results_from_disk
 
 # -- categories and transitions ---------------------------------------------------------------------------------
 
@@ -226,6 +226,27 @@ def test_report_only_rebuilds_summary_markdown_and_plots_without_a_model(
     assert "broken (of 1)" in markdown and "| router-lossless-0.30 |" in markdown
     assert markdown in capsys.readouterr().out
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "mixing.png").stat().st_size > 0
+
+
+def test_lossless_runs_are_ranked_on_round_trips_and_discarded_drafts(tmp_path: Path) -> None:
+    """Round trips alone would crown the longest draft; a run dominates only if it is no worse on both axes."""
+    from citer_bench.humaneval import Problem
+
+    _disk(tmp_path)
+    for name, trips, rejected in (("draft-k8", 4, 9), ("draft-k32", 2, 40), ("router-0.05-lossless32", 2, 20)):
+        _write_run(tmp_path, name, "1010", 1, policy="draft" if name.startswith("draft") else "router",
+                   mode="lossless", round_trips=trips, drafts_rejected=rejected, threshold=0.4)  # fmt: skip
+    problems = [Problem(f"HumanEval/{i}", "p", "t", "f") for i in range(4)]
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    results = results_from_disk(tmp_path, problems, calibration, [0.2])
+    comparison = lossless_comparison([*results.summaries, *results.unfinished], results)
+    rows = {r["run"]: r for r in comparison["runs"]}
+    assert rows["router-0.05-lossless32"]["discarded_drafts_per_answer"] == 20.0
+    assert rows["router-0.05-lossless32"]["dominates"] == ["draft-k32"]  # same round trips, half the waste
+    assert rows["draft-k32"]["dominates"] == [] and rows["draft-k8"]["dominates"] == []  # a trade, not a win
+    # One round trip and no drafts field (nothing discarded): better than all three on both axes.
+    assert rows["router-lossless-0.30"]["dominates"] == ["router-0.05-lossless32", "draft-k32", "draft-k8"]
+    assert set(rows["router-lossless-0.30"]) >= {"prefill_per_token", "cloud_share"}
 
 
 def test_a_sweep_reports_the_runs_it_made(

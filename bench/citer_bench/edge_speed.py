@@ -58,14 +58,14 @@ from tqdm import tqdm
 from citer_bench.humaneval import load_problems
 from citer_bench.machine import RESULTS_DIR, machine_description, write_result
 from citer_bench.plotting import saved_axes
-from citer_edge.cloud.local import terminate
+from citer_edge.cloud.local import LocalCloud, terminate
 from citer_edge.cloud.session import CloudSession
 from citer_edge.decode import GenerationSummary, HybridGenerator
 from citer_edge.models import DEFAULT_LLM, DEFAULT_SLM, resolve_model
 from citer_edge.routing.policies import ConfidencePolicy, LocalPolicy, RoutingPolicy
 from citer_edge.routing.router import default_policy
 from citer_edge.slm import LocalModel
-from citer_protocol import READY_LINE, SamplingSettings, pb, pb_grpc
+from citer_protocol import SamplingSettings, pb, pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,10 @@ def taskset_prefix(core: int) -> list[str]:
     return ["taskset", "--cpu-list", str(core)]
 
 
-def cloud_command(model_path: str | os.PathLike[str], core: int, python: str = sys.executable) -> list[str]:
+def pinned_cloud(model_path: str | os.PathLike[str], core: int, verbose: bool = False) -> LocalCloud:
     """``citer-cloud serve`` on one core with one llama.cpp thread, on a free loopback port, dying with us."""
-    return [
-        *taskset_prefix(core), python, "-m", "citer_cloud.cli", "serve", "--model", str(model_path),
-        "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--stop-on-stdin-eof",
-    ]  # fmt: skip
+    return LocalCloud(model_path, extra_args=["--threads", "1"], startup_timeout_s=300.0, verbose=verbose,
+                      command_prefix=taskset_prefix(core))  # fmt: skip
 
 
 def proxy_command(target_port: int, core: int, python: str = sys.executable) -> list[str]:
@@ -200,8 +198,9 @@ def process_cpu_s(pid: int) -> float:
 class ChildService:
     """A pinned helper process that prints ``<ready> <port>`` once serving; closing its stdin stops it.
 
-    ``citer_edge.cloud.local.LocalCloud`` builds its own command line and has
-    no place for a ``taskset`` prefix, hence this small launcher.
+    The delay proxy's launcher: unlike the cloud (a ``LocalCloud`` with a
+    ``taskset`` prefix), it takes commands on stdin and acknowledges each
+    (a new RTT in force) on stdout.
     """
 
     def __init__(self, command: list[str], ready: str, name: str, verbose: bool = False) -> None:
@@ -500,7 +499,7 @@ class Bench:
     """
 
     slm: LocalModel
-    cloud: ChildService
+    cloud: LocalCloud
     proxy: ChildService
     stub: pb_grpc.LlmServiceStub
     session: CloudSession
@@ -508,7 +507,7 @@ class Bench:
     max_tokens: int
 
     @classmethod
-    def open(cls, slm: LocalModel, cloud: ChildService, proxy: ChildService, modes: list[Mode], router: RoutingPolicy,
+    def open(cls, slm: LocalModel, cloud: LocalCloud, proxy: ChildService, modes: list[Mode], router: RoutingPolicy,
              max_tokens: int) -> Bench:  # fmt: skip
         stub = pb_grpc.LlmServiceStub(grpc.insecure_channel(cloud.address))
         # A generous deadline: a single-core cloud verifying 16 drafts must never be cut short into a fallback.
@@ -621,10 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     pin_process(os.getpid(), args.edge_core)  # before our threads start: every later one inherits it
     modes = select_modes(build_modes(args.span_tokens, args.span_below, args.max_draft, args.draft_k), args.modes)
     slm_path, llm_path = resolve_model(args.slm), resolve_model(args.llm)
-    command = cloud_command(llm_path, args.cloud_core)
+    cloud_service = pinned_cloud(llm_path, args.cloud_core, verbose=args.verbose)
+    command = cloud_service.command
     records, references = [], []
     with (
-        ChildService(command, READY_LINE, "cloud server", verbose=args.verbose) as cloud,
+        cloud_service as cloud,
         ChildService(proxy_command(cloud.port or 0, args.cloud_core), PROXY_READY, "delay proxy") as proxy,
         LocalModel(slm_path, n_threads=1) as slm,
     ):

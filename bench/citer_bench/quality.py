@@ -432,14 +432,15 @@ class Results:
     summaries: list[dict] = field(default_factory=list)
     outcomes: dict[str, dict[str, bool]] = field(default_factory=dict)  # run -> task_id -> passed
     unfinished: list[dict] = field(default_factory=list)
-    costs: dict[str, dict[str, dict]] = field(default_factory=dict)  # run -> task_id -> round trips, equals_llm
+    costs: dict[str, dict[str, dict]] = field(default_factory=dict)  # run -> task_id -> round trips, drafts, ...
 
     def add(self, summary: dict, records: list[dict], finished: bool = True) -> None:
         (self.summaries if finished else self.unfinished).append(summary)
         self.outcomes[summary["run"]] = {r["task_id"]: bool(r["passed"]) for r in records}
         self.costs[summary["run"]] = {
             r["task_id"]: {"round_trips": round_trips(r), "equals_llm": r.get("equals_llm"), "tokens": r["tokens"],
-                           "cloud_tokens": r["cloud_tokens"]}
+                           "cloud_tokens": r["cloud_tokens"], "drafts_rejected": int(r.get("drafts_rejected") or 0),
+                           "tokens_sent": r["tokens_sent"]}
             for r in records
         }  # fmt: skip
 
@@ -590,6 +591,7 @@ def finish(results: Results, args: argparse.Namespace, calibration: dict, machin
     print(markdown, end="")
     plot(report, out / "pareto.png")
     plot_mixing(report, out / "mixing.png")
+    plot_lossless(report, out / "lossless.png")
     return 0
 
 
@@ -765,8 +767,11 @@ def lossless_comparison(summaries: list[dict], results: Results) -> dict | None:
     """Lossless runs (draft-k, the router's lossless mode) on the problems all of them answered.
 
     Their answers are the LLM's greedy ones (but for near-tie flips), so what
-    tells them apart is what the output cost: round trips per answer, on the
-    same problems, since the runs may cover different subsets.
+    tells them apart is what the output cost. Round trips alone do not rank
+    them: draft-k with ever larger k approaches one round trip per wrong draft
+    plus one, paid for in SLM tokens decoded and thrown away. So each run is
+    placed on both axes (round trips, discarded drafts per answer) and a run
+    *dominates* another when it is no worse on both and better on one.
     """
     runs = [s["run"] for s in sorted(summaries, key=run_rank) if is_lossless(s)]
     if not runs:
@@ -776,19 +781,30 @@ def lossless_comparison(summaries: list[dict], results: Results) -> dict | None:
     for run in runs:
         costs = [results.costs[run][t] for t in shared]
         tokens = sum(c["tokens"] for c in costs)
+        answers = len(costs) or 1
         rows.append({
             "run": run,
-            "round_trips_per_answer": sum(c["round_trips"] for c in costs) / len(costs) if costs else 0.0,
+            "round_trips_per_answer": sum(c["round_trips"] for c in costs) / answers,
+            "discarded_drafts_per_answer": sum(c["drafts_rejected"] for c in costs) / answers,
+            "prefill_per_token": sum(c["tokens_sent"] for c in costs) / tokens if tokens else 0.0,
             "cloud_share": sum(c["cloud_tokens"] for c in costs) / tokens if tokens else 0.0,
             "equals_llm": sum(bool(c["equals_llm"]) for c in costs),
             "pass_at_1": sum(results.outcomes[run][t] for t in shared) / len(shared) if shared else 0.0,
         })  # fmt: skip
+    for row in rows:
+        row["dominates"] = [other["run"] for other in rows if dominates(row, other)]
     return {
         "problems": len(shared),
         "tasks": sorted(shared, key=paired.task_order),
         "llm_pass_at_1": sum(results.outcomes["llm-1.00"][t] for t in shared) / len(shared) if shared else 0.0,
         "runs": rows,
     }
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """a is no worse than b in round trips and in discarded drafts per answer, and better in one."""
+    keys = ("round_trips_per_answer", "discarded_drafts_per_answer")
+    return all(a[k] <= b[k] for k in keys) and any(a[k] < b[k] for k in keys)
 
 
 def paired_analysis(summaries: list[dict], results: Results) -> dict:
@@ -976,15 +992,20 @@ def _lossless_lines(comparison: dict | None) -> list[str]:
         return []
     lines = [
         f"On the {comparison['problems']} problems every lossless run answered (LLM-only pass@1 there "
-        f"{_pct(comparison['llm_pass_at_1'])}); the output is the LLM's, so the cost is what differs:",
+        f"{_pct(comparison['llm_pass_at_1'])}); the output is the LLM's, so the cost is what differs. Discarded "
+        "drafts: SLM tokens decoded, then rolled back (edge work thrown away, also prefilled by the cloud); "
+        "dominates: no worse in round trips and discarded drafts, better in one (`lossless.png`).",
         "",
-        "| run | round trips / answer | cloud share | = LLM | pass@1 |",
-        "|---|---:|---:|---:|---:|",
+        "| run | round trips / answer | discarded drafts / answer | prefill tok / generated tok | cloud share "
+        "| = LLM | pass@1 | dominates |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in comparison["runs"]:
         lines.append(
-            f"| {row['run']} | {row['round_trips_per_answer']:.2f} | {_pct(row['cloud_share'])} | "
-            f"{row['equals_llm']}/{comparison['problems']} | {_pct(row['pass_at_1'])} |"
+            f"| {row['run']} | {row['round_trips_per_answer']:.2f} | {row['discarded_drafts_per_answer']:.1f} | "
+            f"{row['prefill_per_token']:.2f} | {_pct(row['cloud_share'])} | "
+            f"{row['equals_llm']}/{comparison['problems']} | {_pct(row['pass_at_1'])} | "
+            f"{', '.join(row['dominates']) or '–'} |"
         )
     return lines
 
@@ -1079,6 +1100,30 @@ def plot_mixing(report: dict, path: Path) -> None:
             bottoms[sign] = bottoms[sign] + heights
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, [f"{s['run']}\n({100 * s['cloud_share']:.1f}%)" for s in runs], rotation=60, fontsize=7)
+
+
+def plot_lossless(report: dict, path: Path) -> None:
+    """Lossless runs on two cost axes: round trips against SLM drafts thrown away, per answer."""
+    comparison = report.get("lossless_at_equal_output")
+    if not comparison or not comparison["runs"]:
+        return
+    title = f"Lossless decoding: what the LLM's output cost ({comparison['problems']} HumanEval problems)"
+    with saved_axes(path, "round trips per answer", "discarded SLM drafts per answer", title, (7, 4.5)) as ax:
+        draft = sorted((r for r in comparison["runs"] if r["run"].startswith("draft-")),
+                       key=lambda r: r["round_trips_per_answer"])  # fmt: skip
+        if draft:
+            ax.plot([r["round_trips_per_answer"] for r in draft], [r["discarded_drafts_per_answer"] for r in draft],
+                    marker="s", color="grey", label="draft-k")  # fmt: skip
+            for r in draft:
+                where = (r["round_trips_per_answer"], r["discarded_drafts_per_answer"])
+                ax.annotate(
+                    r["run"].removeprefix("draft-"), where, fontsize=7, xytext=(4, 4), textcoords="offset pixels"
+                )
+        for r in comparison["runs"]:
+            if r in draft:
+                continue
+            ax.scatter(r["round_trips_per_answer"], r["discarded_drafts_per_answer"], marker="o", zorder=3,
+                       label=r["run"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -36,6 +36,7 @@ from citer_edge.cloud.session import CloudReply, CloudSession
 from citer_edge.routing.features import extract_features
 from citer_edge.routing.policies import RoutingPolicy
 from citer_edge.slm import ContextFullError, LocalModel
+from citer_edge.usage import CostMeter
 from citer_protocol import SamplingSettings, sample_token
 
 Source = Literal["slm", "llm"]
@@ -68,7 +69,7 @@ class GenerationSummary:
     unverified_tokens: int = 0  # lossless: tokens given out unverified because the cloud was unavailable
     overlap_kept: int = 0  # overlap: SLM tokens decoded during a call and kept
     overlap_discarded: int = 0  # overlap: SLM tokens decoded during a call and rolled back
-    # cost and privacy (filled by citer_edge.usage.CostMeter once the stream has ended)
+    # cost and privacy (filled by citer_edge.usage.CostMeter when the stream ends)
     target_share: float | None = None  # the cloud share asked for, where a share target applies
     local_only: bool = False  # nothing of this conversation was allowed to leave the device
     budget: dict[str, object] | None = None  # CloudBudget.to_dict(): limits, use, tokens_left, calls_left
@@ -121,19 +122,35 @@ class GenerationSummary:
 
 
 class GenerationStream:
-    """Iterate for tokens as they are produced; ``summary`` and ``token_ids`` are complete afterwards."""
+    """Iterate for tokens as they are produced; ``summary`` and ``token_ids`` are complete afterwards.
 
-    def __init__(self, steps: Iterator[GeneratedToken], summary: GenerationSummary) -> None:
+    ``on_end`` completes the summary once the generation ends, also when the
+    caller stops iterating early (the cost-and-privacy fields: what was asked
+    of the cloud and uploaded up to that point).
+    """
+
+    def __init__(
+        self,
+        steps: Iterator[GeneratedToken],
+        summary: GenerationSummary,
+        on_end: Callable[[GenerationSummary], object] | None = None,
+    ) -> None:
         self._steps = steps
         self.summary = summary
         self.token_ids: list[int] = []
         self.sources: list[Source] = []
+        self._on_end = on_end
 
     def __iter__(self) -> Iterator[GeneratedToken]:
-        for token in self._steps:
-            self.token_ids.append(token.token_id)
-            self.sources.append(token.source)
-            yield token
+        try:
+            for token in self._steps:
+                self.token_ids.append(token.token_id)
+                self.sources.append(token.source)
+                yield token
+        finally:
+            on_end, self._on_end = self._on_end, None
+            if on_end is not None:
+                on_end(self.summary)
 
     def text(self) -> str:
         """Consume the rest of the stream and return the whole completion."""
@@ -219,7 +236,9 @@ class HybridGenerator:
         if self.lossless and not sampling.greedy:
             raise ValueError("lossless decoding reproduces the LLM's greedy output: use temperature 0")
         summary = GenerationSummary(policy=self.policy.describe(), prompt_tokens=len(prompt), mode=self.mode)
-        return GenerationStream(_Run(self, list(prompt), max_tokens, sampling, summary).steps(), summary)
+        meter = CostMeter(self)
+        meter.start()
+        return GenerationStream(_Run(self, list(prompt), max_tokens, sampling, summary).steps(), summary, meter.finish)
 
     def generate(
         self, prompt: Sequence[int], max_tokens: int = 256, sampling: SamplingSettings | None = None
@@ -227,6 +246,18 @@ class HybridGenerator:
         stream = self.stream(prompt, max_tokens, sampling)
         text = stream.text()
         return GenerationResult(text=text, token_ids=stream.token_ids, sources=stream.sources, summary=stream.summary)
+
+    def close(self) -> None:
+        """Stop the worker thread overlap mode started (the SLM and the cloud session stay the caller's)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    def __enter__(self) -> HybridGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _submit(self, call: object, *args: object) -> Future[CloudReply | None]:
         """Run a cloud call on the generator's one worker thread (the SLM keeps the caller's)."""

@@ -4,9 +4,12 @@ The decode loop counts tokens and calls; what a user pays for and what left
 the device live in the cloud session's budget and upload audit, and the share
 asked for lives in the policy. ``CostMeter`` reads them around one stream:
 ``start()`` before iterating, ``finish(summary)`` after, so the summary line
-and ``--json`` show target share, budget left and bytes uploaded::
+and ``--json`` show target share, budget left and bytes uploaded.
+``HybridGenerator.stream`` does this itself with the generator's own cloud
+session; a caller that detaches the session for a while (the chat's
+``/local``) meters with the session it keeps and says the turn was local::
 
-    meter = CostMeter(generator)
+    meter = CostMeter(generator, cloud=session, local_only=True)
     meter.start()
     stream = generator.stream(prompt)
     text = stream.text()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from citer_edge.errors import CiterEdgeError
@@ -17,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class LocalCloud:
-    """A cloud service in a child process: ``with LocalCloud(path) as cloud: cloud.address``."""
+    """A cloud service in a child process: ``with LocalCloud(path) as cloud: cloud.address``.
+
+    ``command_prefix`` runs the server under a wrapper, e.g. ``["taskset",
+    "--cpu-list", "1"]`` so a benchmark can pin the cloud to its own core
+    before it loads anything.
+    """
 
     def __init__(
         self,
@@ -26,8 +32,10 @@ class LocalCloud:
         extra_args: list[str] | None = None,
         startup_timeout_s: float = 120.0,
         verbose: bool = False,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.model_path = Path(model_path)
+        self.command_prefix = list(command_prefix)
         self.requested_port = port
         self.extra_args = extra_args or []
         self.startup_timeout_s = startup_timeout_s
@@ -48,14 +56,18 @@ class LocalCloud:
             raise RuntimeError("local cloud is not running")
         return self._process.pid
 
-    def start(self) -> LocalCloud:
+    @property
+    def command(self) -> list[str]:
+        """The child's command line (benchmarks record it next to their results)."""
         command = [
-            sys.executable, "-m", "citer_cloud.cli", "serve",
+            *self.command_prefix, sys.executable, "-m", "citer_cloud.cli", "serve",
             "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.requested_port),
             "--stop-on-stdin-eof", *self.extra_args,
         ]  # fmt: skip
-        if self.verbose:
-            command.append("--verbose")
+        return [*command, "--verbose"] if self.verbose else command
+
+    def start(self) -> LocalCloud:
+        command = self.command
         # stdin is the child's lifeline: if this process dies without stop() (SIGKILL, an unhandled SIGTERM),
         # the OS closes the pipe and the server shuts itself down instead of living on as an orphan.
         self._process = subprocess.Popen(
