@@ -16,6 +16,7 @@ BENCHMARKS = {
     "buffers": "SLM decode and prefill tokens/s under each llama.cpp weight-buffer setting (AMX, repack)",
     "faults": "stalls, lost tokens and recovery of a generation through network faults and server kills",
     "edge-speed": "tokens/s of every decode mode vs SLM-only against RTT, edge and cloud pinned to their own cores",
+    "tie-flips": "where a lossless run's answer differs from the LLM-only one: the LLM's logit margin there",
 }
 
 

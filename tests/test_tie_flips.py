@@ -1,0 +1,28 @@
+"""The tie-flip check: where two completions part, and the LLM's margin between the two tokens there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from citer_bench.tie_flips import first_difference, flip_margin
+from citer_edge import LocalModel
+
+
+def test_first_difference_finds_where_token_lists_part() -> None:
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2  # a prefix parts where it ends
+
+
+def test_flip_margin_is_the_llm_logit_gap_between_the_two_choices(smol_slm: LocalModel) -> None:
+    prompt = "def add(a, b):\n    return"
+    smol_slm.sync(smol_slm.tokenize(prompt))
+    logits = np.asarray(smol_slm.logits, dtype=np.float64)
+    best, second = (int(t) for t in np.argsort(logits)[::-1][:2])
+    text = [smol_slm.token_bytes(t).decode("utf-8") for t in (best, second)]
+    found = flip_margin(smol_slm, prompt, lossless=text[1] + " x", reference=text[0] + " x")
+    assert found is not None and found["position"] == 0
+    assert found["margin"] == pytest.approx(logits[best] - logits[second], abs=1e-3)
+    assert found["top1_is"] == "reference" and found["rank_of_pair"] == [0, 1]
+    assert flip_margin(smol_slm, prompt, lossless=text[0] + " x", reference=text[0] + " x") is None
