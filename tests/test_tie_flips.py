@@ -26,3 +26,5 @@ def test_flip_margin_is_the_llm_logit_gap_between_the_two_choices(smol_slm: Loca
     assert found["margin"] == pytest.approx(logits[best] - logits[second], abs=1e-3)
     assert found["top1_is"] == "reference" and found["rank_of_pair"] == [0, 1]
     assert flip_margin(smol_slm, prompt, lossless=text[0] + " x", reference=text[0] + " x") is None
+    # One answer stopped earlier: no token choice to judge (the tail would re-tokenise as a different merge).
+    assert flip_margin(smol_slm, prompt, lossless=" a + b)\n", reference=" a + b)\n\n") is None

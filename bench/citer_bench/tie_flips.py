@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Margins (logits) below this count as near-ties in the printed verdict.
 NEAR_TIE = 0.25
+STOPS = "one answer stops where the other goes on"
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -45,7 +46,15 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def flip_margin(llm: LocalModel, prompt: str, lossless: str, reference: str) -> dict[str, object] | None:
-    """The LLM's margin at the first token where the two completions part (None: same tokens, or one ends)."""
+    """The LLM's margin at the first token where the two completions part.
+
+    None where one completion is a prefix of the other: one answer stopped
+    (an end token, or a stop sequence cut it) where the other went on, a
+    choice the text does not show (re-tokenising ``"))\n"`` against
+    ``"))\n\n"`` would compare two merges of the same characters).
+    """
+    if lossless.startswith(reference) or reference.startswith(lossless):
+        return None
     ours = llm.tokenize(prompt + lossless)
     theirs = llm.tokenize(prompt + reference)
     where = first_difference(ours, theirs)
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         for task in tqdm(differing, desc="differing answers", file=sys.stderr):
             found = flip_margin(llm, prompts[task], run[task]["completion"], reference[task]["completion"])
             flips.append({"task_id": task, "passed": run[task]["passed"],
-                          "reference_passed": reference[task]["passed"], **(found or {"margin": None})})  # fmt: skip
+                          "reference_passed": reference[task]["passed"],
+                          **(found or {"margin": None, "note": STOPS})})  # fmt: skip
     margins = [abs(f["margin"]) for f in flips if f["margin"] is not None]
     payload = {
         "benchmark": "lossless-tie-flips",
@@ -117,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
           f"wrote {path}")  # fmt: skip
     for flip in flips:
         margin = "–" if flip["margin"] is None else f"{flip['margin']:+.3f}"
-        print(f"  {flip['task_id']:14} margin {margin:>7}  {flip.get('lossless_token')!r} vs "
-              f"{flip.get('reference_token')!r} at token {flip.get('position')}")  # fmt: skip
+        where = flip.get("note") or (f"{flip['lossless_token']!r} vs {flip['reference_token']!r} "
+                                     f"at token {flip['position']}")  # fmt: skip
+        print(f"  {flip['task_id']:14} margin {margin:>7}  {where}")
     return 0
 
 
