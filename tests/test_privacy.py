@@ -168,3 +168,24 @@ def test_library_generation_reports_budget_and_uploads_without_a_meter(
     assert second.uploads == audit.totals.uploads - after_first.uploads > 0  # this generation's, not the session's
     assert second.upload_tokens == audit.totals.tokens - after_first.tokens
     assert second.budget is not None and second.budget["tokens_left"] == 100 - 4 - 2
+
+
+def test_each_stream_counts_its_own_uploads_from_first_to_last_token(
+    smol_slm: LocalModel, smol_server: CloudServer
+) -> None:
+    """Streams created together and consumed in turn, one of them in two goes (break, then text())."""
+    audit = UploadAudit(token_bytes=smol_slm.token_bytes)
+    cloud = CloudSession(smol_server.address, smol_slm.fingerprint, timeout_s=60, audit=audit)
+    try:
+        generator = HybridGenerator(smol_slm, CloudPolicy(), cloud)
+        first = generator.stream(smol_slm.tokenize("Count: one, two,"), max_tokens=4)
+        second = generator.stream(smol_slm.tokenize("Name three colours:"), max_tokens=3)
+        for _ in first:
+            break  # one token, then the rest below
+        first.text()
+        after_first = audit.snapshot()
+        second.text()
+    finally:
+        cloud.close()
+    assert first.summary.tokens == 4 and first.summary.uploads == after_first.uploads == 4  # one call per token
+    assert second.summary.uploads == audit.totals.uploads - after_first.uploads == 3

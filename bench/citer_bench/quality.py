@@ -440,7 +440,7 @@ class Results:
         self.costs[summary["run"]] = {
             r["task_id"]: {"round_trips": round_trips(r), "equals_llm": r.get("equals_llm"), "tokens": r["tokens"],
                            "cloud_tokens": r["cloud_tokens"], "drafts_rejected": int(r.get("drafts_rejected") or 0),
-                           "tokens_sent": r["tokens_sent"]}
+                           "tokens_sent": r.get("tokens_sent") or 0}
             for r in records
         }  # fmt: skip
 

@@ -45,31 +45,36 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def flip_margin(llm: LocalModel, prompt: str, lossless: str, reference: str) -> dict[str, object] | None:
+def flip_margin(llm: LocalModel, prompt: str, lossless: str, reference: str) -> dict[str, object]:
     """The LLM's margin at the first token where the two completions part.
 
-    None where one completion is a prefix of the other: one answer stopped
-    (an end token, or a stop sequence cut it) where the other went on, a
-    choice the text does not show (re-tokenising ``"))\n"`` against
-    ``"))\n\n"`` would compare two merges of the same characters).
+    No margin (``None``, with a note) where one completion is a prefix of the
+    other: one answer stopped (an end token, or a stop sequence cut it) where
+    the other went on, a choice the text does not show (re-tokenising
+    ``"))\n"`` against ``"))\n\n"`` would compare two merges of the same
+    characters); nor where the tokenizer merges the completions' first
+    characters into the prompt's last token.
     """
     if lossless.startswith(reference) or reference.startswith(lossless):
-        return None
+        return {"margin": None, "note": STOPS}
     ours = llm.tokenize(prompt + lossless)
     theirs = llm.tokenize(prompt + reference)
+    start = len(llm.tokenize(prompt))
     where = first_difference(ours, theirs)
     if where is None or where >= min(len(ours), len(theirs)):
-        return None  # one answer is a prefix of the other: it stopped (a stop sequence), no token choice to check
+        return {"margin": None, "note": STOPS}
+    if where < start or ours[:start] != theirs[:start]:
+        return {"margin": None, "note": "the answers part inside a token merged with the prompt's end"}
     llm.sync(ours[:where])
     logits = np.asarray(llm.logits, dtype=np.float64)
     mine, other = ours[where], theirs[where]
     return {
-        "position": where - len(llm.tokenize(prompt)),
+        "position": where - start,
         "lossless_token": llm.token_bytes(mine).decode("utf-8", "replace"),
         "reference_token": llm.token_bytes(other).decode("utf-8", "replace"),
         "margin": float(logits[other] - logits[mine]),
-        "top1_is": "reference" if logits[other] >= logits[mine] else "lossless",
-        "rank_of_pair": sorted(int((logits > logits[t]).sum()) for t in (mine, other)),
+        "leads": "reference" if logits[other] >= logits[mine] else "lossless",  # of the two, not overall
+        "rank": {"lossless": int((logits > logits[mine]).sum()), "reference": int((logits > logits[other]).sum())},
     }
 
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             found = flip_margin(llm, prompts[task], run[task]["completion"], reference[task]["completion"])
             flips.append({"task_id": task, "passed": run[task]["passed"],
                           "reference_passed": reference[task]["passed"],
-                          **(found or {"margin": None, "note": STOPS})})  # fmt: skip
+                          **found})  # fmt: skip
     margins = [abs(f["margin"]) for f in flips if f["margin"] is not None]
     payload = {
         "benchmark": "lossless-tie-flips",

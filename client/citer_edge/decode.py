@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -124,33 +124,34 @@ class GenerationSummary:
 class GenerationStream:
     """Iterate for tokens as they are produced; ``summary`` and ``token_ids`` are complete afterwards.
 
-    ``on_end`` completes the summary once the generation ends, also when the
-    caller stops iterating early (the cost-and-privacy fields: what was asked
-    of the cloud and uploaded up to that point).
+    ``meter`` completes the summary's cost-and-privacy fields (what was asked
+    of the cloud and uploaded) whenever iteration stops, also when the caller
+    stops early; it counts from the first token asked for, so streams created
+    together and consumed in turn each count only their own uploads.
     """
 
     def __init__(
-        self,
-        steps: Iterator[GeneratedToken],
-        summary: GenerationSummary,
-        on_end: Callable[[GenerationSummary], object] | None = None,
+        self, steps: Iterator[GeneratedToken], summary: GenerationSummary, meter: CostMeter | None = None
     ) -> None:
         self._steps = steps
         self.summary = summary
         self.token_ids: list[int] = []
         self.sources: list[Source] = []
-        self._on_end = on_end
+        self._meter = meter
+        self._metering = False
 
     def __iter__(self) -> Iterator[GeneratedToken]:
+        if self._meter is not None and not self._metering:
+            self._meter.start()
+            self._metering = True
         try:
             for token in self._steps:
                 self.token_ids.append(token.token_id)
                 self.sources.append(token.source)
                 yield token
         finally:
-            on_end, self._on_end = self._on_end, None
-            if on_end is not None:
-                on_end(self.summary)
+            if self._meter is not None:
+                self._meter.finish(self.summary)  # again after a resumed iteration: it counts from start()
 
     def text(self) -> str:
         """Consume the rest of the stream and return the whole completion."""
@@ -236,9 +237,8 @@ class HybridGenerator:
         if self.lossless and not sampling.greedy:
             raise ValueError("lossless decoding reproduces the LLM's greedy output: use temperature 0")
         summary = GenerationSummary(policy=self.policy.describe(), prompt_tokens=len(prompt), mode=self.mode)
-        meter = CostMeter(self)
-        meter.start()
-        return GenerationStream(_Run(self, list(prompt), max_tokens, sampling, summary).steps(), summary, meter.finish)
+        steps = _Run(self, list(prompt), max_tokens, sampling, summary).steps()
+        return GenerationStream(steps, summary, CostMeter(self))
 
     def generate(
         self, prompt: Sequence[int], max_tokens: int = 256, sampling: SamplingSettings | None = None
