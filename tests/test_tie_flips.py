@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from citer_bench.tie_flips import first_difference, flip_margin
+from citer_bench.edge_speed import compare_to_reference
+from citer_bench.tie_flips import flip_margin
 from citer_edge import LocalModel
 
 
-def test_first_difference_finds_where_token_lists_part() -> None:
-    assert first_difference([1, 2, 3], [1, 2, 3]) is None
-    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
-    assert first_difference([1, 2], [1, 2, 3]) == 2  # a prefix parts where it ends
+def test_answers_part_where_their_token_lists_first_differ() -> None:
+    assert compare_to_reference([1, 2, 3], [1, 2, 3]) is None
+    assert compare_to_reference([1, 2, 3], [1, 5, 3]) == 1
+    assert compare_to_reference([1, 2], [1, 2, 3]) == 2  # a prefix parts where it ends
 
 
 def test_flip_margin_is_the_llm_logit_gap_between_the_two_choices(smol_slm: LocalModel) -> None:

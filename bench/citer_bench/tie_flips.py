@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from citer_bench.edge_speed import compare_to_reference
 from citer_bench.humaneval import load_problems
 from citer_bench.machine import RESULTS_DIR, machine_description
 from citer_bench.quality import read_jsonl
@@ -35,14 +36,6 @@ log = logging.getLogger(__name__)
 #: Margins (logits) below this count as near-ties in the printed verdict.
 NEAR_TIE = 0.25
 STOPS = "one answer stops where the other goes on"
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """The first index where two token lists differ (a shorter list differs where it ends); None if equal."""
-    for index, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return index
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def flip_margin(llm: LocalModel, prompt: str, lossless: str, reference: str) -> dict[str, object]:
@@ -60,7 +53,7 @@ def flip_margin(llm: LocalModel, prompt: str, lossless: str, reference: str) -> 
     ours = llm.tokenize(prompt + lossless)
     theirs = llm.tokenize(prompt + reference)
     start = len(llm.tokenize(prompt))
-    where = first_difference(ours, theirs)
+    where = compare_to_reference(ours, theirs)  # the edge-speed benchmark's tie-flip position
     if where is None or where >= min(len(ours), len(theirs)):
         return {"margin": None, "note": STOPS}
     if where < start or ours[:start] != theirs[:start]:
